@@ -1,0 +1,32 @@
+"""Smoke mode: one switch that shrinks heavy work while the teaching code stays the same.
+
+Set the environment variable ``TUTORIAL_SMOKE=1`` (CI does this for notebooks that
+need a GPU to run in full) and notebooks pick their sizes with :func:`full_or_smoke`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TypeVar
+
+T = TypeVar("T")
+
+SMOKE_VARIABLE = "TUTORIAL_SMOKE"
+
+
+def is_smoke() -> bool:
+    """True when ``TUTORIAL_SMOKE`` is set to 1 (or true/yes/on)."""
+    value = os.environ.get(SMOKE_VARIABLE, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(
+        f"{SMOKE_VARIABLE}={value!r} is not understood: set it to 1 for smoke mode "
+        "or unset it (or 0) for full mode."
+    )
+
+
+def full_or_smoke(full: T, smoke: T) -> T:
+    """``smoke`` in smoke mode, else ``full``; e.g. ``epochs = full_or_smoke(10, 1)``."""
+    return smoke if is_smoke() else full

@@ -1,0 +1,29 @@
+"""A progress bar for training loops that reads well in JupyterLab, Colab and plain logs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.std import tqdm
+
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], description: str = "", total: int | None = None) -> Iterator[T]:
+    """Wrap ``iterable`` in a text progress bar (tqdm) that updates at most once a second.
+
+    A text bar, not a widget, so it renders the same in JupyterLab, Colab, a
+    terminal, a CI log and a notebook viewed on GitHub, and saves no widget state.
+    Use ``bar.set_postfix(loss=...)`` on the returned object to show live numbers.
+    """
+    return tqdm(
+        iterable,
+        desc=description,
+        total=total,
+        mininterval=1.0,
+        ncols=90,
+        ascii=" =",
+        file=sys.stderr,
+    )

@@ -1,0 +1,66 @@
+"""Shared fixtures: small fake CIFAR-10 copies and the real offline copy when present."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import data
+
+REAL_COPY = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
+TINY_COUNTS = {"train": 3, "test": 2}
+CONFIGURED_COPY = os.environ.get("CIFAR10_PATH")  # read before the fixtures unset it
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty cache folder and no CIFAR10_PATH."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(cache))
+    monkeypatch.delenv("CIFAR10_PATH", raising=False)
+    monkeypatch.delenv("TUTORIAL_SMOKE", raising=False)
+    return cache
+
+
+@pytest.fixture
+def tiny_counts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    monkeypatch.setattr(data, "EXPECTED_PER_CLASS", dict(TINY_COUNTS))
+    return TINY_COUNTS
+
+
+def write_image_folder(root: Path, counts: dict[str, int], suffix: str = ".png") -> Path:
+    """An image folder root/split/class/NNNN.png whose pixels encode (split, class, index)."""
+    for split, count in counts.items():
+        for label, name in enumerate(data.CLASS_NAMES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = np.full((32, 32, 3), label * 20 + index, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index:04d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path, tiny_counts: dict[str, int]) -> Path:
+    return write_image_folder(tmp_path / "cifar10-tiny", tiny_counts)
+
+
+@pytest.fixture
+def tiny_archive(tmp_path: Path, tiny_folder: Path) -> Path:
+    archive = tmp_path / "cifar10-tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_folder, arcname="cifar10-tiny")
+    return archive
+
+
+@pytest.fixture
+def real_copy() -> Path:
+    path = Path(CONFIGURED_COPY) if CONFIGURED_COPY else REAL_COPY
+    if not path.exists():
+        pytest.skip(f"offline CIFAR-10 copy not found at {path} (set CIFAR10_PATH)")
+    return path

@@ -1,0 +1,167 @@
+"""helpers.data: sources, shuffling, caching and every error path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import data
+from helpers.data import DatasetError, load_cifar10
+from tests.conftest import write_image_folder
+
+
+def _check_tiny(dataset: data.CIFAR10, counts: dict[str, int]) -> None:
+    assert dataset.train_images.shape == (10 * counts["train"], 32, 32, 3)
+    assert dataset.test_images.shape == (10 * counts["test"], 32, 32, 3)
+    assert dataset.train_images.dtype == np.uint8
+    assert dataset.class_names == data.CLASS_NAMES
+    # each image's pixels were written as label * 20 + index, so labels must match
+    for images, labels in [
+        (dataset.train_images, dataset.train_labels),
+        (dataset.test_images, dataset.test_labels),
+    ]:
+        np.testing.assert_array_equal(images[:, 0, 0, 0] // 20, labels)
+        assert sorted(np.bincount(labels, minlength=10)) == [len(labels) // 10] * 10
+
+
+def test_loads_image_folder(tiny_folder: Path, tiny_counts: dict[str, int]) -> None:
+    _check_tiny(load_cifar10(tiny_folder), tiny_counts)
+
+
+def test_loads_archive_and_jpeg(tmp_path: Path, tiny_counts: dict[str, int]) -> None:
+    folder = write_image_folder(tmp_path / "jpegs", tiny_counts, suffix=".jpg")
+    archive = tmp_path / "jpegs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="jpegs")
+    dataset = load_cifar10(archive)
+    assert dataset.train_images.shape == (30, 32, 32, 3)
+    assert len(dataset.test_labels) == 20
+
+
+def test_path_from_environment(
+    tiny_archive: Path, tiny_counts: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFAR10_PATH", str(tiny_archive))
+    _check_tiny(load_cifar10(), tiny_counts)
+
+
+def test_sorted_copy_is_shuffled_reproducibly(tiny_folder: Path) -> None:
+    first = load_cifar10(tiny_folder)
+    labels = first.train_labels
+    assert not np.array_equal(labels, np.sort(labels)), "a class-sorted copy must be shuffled"
+    for cached in data.cache_dir().glob("*.npz"):
+        cached.unlink()
+    second = load_cifar10(tiny_folder)
+    np.testing.assert_array_equal(first.train_labels, second.train_labels)
+
+
+def test_second_load_comes_from_cache(tiny_folder: Path) -> None:
+    first = load_cifar10(tiny_folder)
+    assert len(list(data.cache_dir().glob("*.npz"))) == 1
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tiny_folder / "test/cat/0000.png")
+    second = load_cifar10(tiny_folder)  # the folder's mtime is unchanged: cache hit
+    np.testing.assert_array_equal(first.test_images, second.test_images)
+
+
+def test_broken_cache_is_rebuilt(tiny_folder: Path, tiny_counts: dict[str, int]) -> None:
+    load_cifar10(tiny_folder)
+    (cached,) = data.cache_dir().glob("*.npz")
+    cached.write_bytes(b"not an npz file")
+    _check_tiny(load_cifar10(tiny_folder), tiny_counts)
+
+
+def test_cache_dir_is_overridable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert data.cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("TUTORIAL_CACHE_DIR")
+    assert data.cache_dir() == Path.home() / ".cache" / "jax-dl-intro"
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"not found at .*nowhere.*CIFAR10_PATH"):
+        load_cifar10(tmp_path / "nowhere")
+
+
+def test_file_that_is_not_an_archive(tmp_path: Path) -> None:
+    stray = tmp_path / "cifar.zip"
+    stray.write_bytes(b"PK")
+    with pytest.raises(DatasetError, match=r"cifar.zip is a file but not an archive"):
+        load_cifar10(stray)
+
+
+def test_missing_class_folder(tiny_folder: Path) -> None:
+    for image in (tiny_folder / "train/deer").iterdir():
+        image.unlink()
+    (tiny_folder / "train/deer").rmdir()
+    with pytest.raises(DatasetError, match=r"train/deer is missing or empty"):
+        load_cifar10(tiny_folder)
+
+
+def test_wrong_count(tiny_folder: Path) -> None:
+    (tiny_folder / "test/ship/0001.png").unlink()
+    with pytest.raises(DatasetError, match=r"test/ship .* holds 1 images; .* holds 2"):
+        load_cifar10(tiny_folder)
+
+
+def test_unknown_class_folder(tiny_folder: Path) -> None:
+    (tiny_folder / "train/cats").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tiny_folder / "train/cats/0.png")
+    with pytest.raises(DatasetError, match=r"Unknown class folder train/cats"):
+        load_cifar10(tiny_folder)
+
+
+def test_unreadable_image(tiny_folder: Path) -> None:
+    (tiny_folder / "train/frog/0002.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DatasetError, match=r"Cannot read image .*train/frog/0002.png"):
+        load_cifar10(tiny_folder)
+
+
+def test_wrong_image_size(tiny_folder: Path) -> None:
+    Image.fromarray(np.zeros((64, 48, 3), np.uint8)).save(tiny_folder / "test/dog/0000.png")
+    with pytest.raises(DatasetError, match=r"test/dog/0000.png in .* is 48x64 pixels"):
+        load_cifar10(tiny_folder)
+
+
+def test_truncated_archive(tiny_archive: Path) -> None:
+    content = tiny_archive.read_bytes()
+    tiny_archive.write_bytes(content[: len(content) // 2])
+    with pytest.raises(DatasetError, match=r"cifar10-tiny.tar.gz is truncated"):
+        load_cifar10(tiny_archive)
+
+
+def test_offline_without_copy_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # nothing prepared there
+    monkeypatch.setattr(data, "DOWNLOAD_HOST", ("cifar-host.invalid", 443))
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match=r"no network .*CIFAR10_PATH"):
+        load_cifar10()
+    assert time.perf_counter() - start < 15
+
+
+# --- the real offline copy ------------------------------------------------------------
+
+
+def test_real_copy_loads_complete_and_fast_from_cache(real_copy: Path) -> None:
+    dataset = load_cifar10(real_copy)
+    assert dataset.train_images.shape == (50_000, 32, 32, 3)
+    assert dataset.test_images.shape == (10_000, 32, 32, 3)
+    np.testing.assert_array_equal(np.bincount(dataset.train_labels), [5000] * 10)
+    np.testing.assert_array_equal(np.bincount(dataset.test_labels), [1000] * 10)
+    # shuffled: the first 1,000 training images hold every class
+    assert len(np.unique(dataset.train_labels[:1000])) == 10
+    script = (
+        "import time; t = time.perf_counter(); from helpers.data import load_cifar10; "
+        f"d = load_cifar10({str(real_copy)!r}); print(time.perf_counter() - t)"
+    )
+    seconds = float(subprocess.check_output([sys.executable, "-c", script], text=True))
+    assert seconds < 2.0, f"second load took {seconds:.2f} s"
