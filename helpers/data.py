@@ -24,6 +24,7 @@ import io
 import os
 import socket
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -250,11 +251,24 @@ def _tfds_has_prepared_cifar10(data_dir: Path | None) -> bool:
 
 
 def _can_reach_download_host() -> bool:
-    try:
-        with socket.create_connection(DOWNLOAD_HOST, timeout=DOWNLOAD_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    """Whether the download host answers within DOWNLOAD_PROBE_TIMEOUT_S.
+
+    The probe runs in a thread with a deadline because a name lookup on a machine
+    without network can hang far longer than the connect timeout.
+    """
+    reached: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(DOWNLOAD_HOST, timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(DOWNLOAD_PROBE_TIMEOUT_S)
+    return bool(reached)
 
 
 def _load_with_tfds(data_dir: Path | None) -> CIFAR10:

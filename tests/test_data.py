@@ -148,6 +148,41 @@ def test_offline_without_copy_fails_fast(tmp_path: Path, monkeypatch: pytest.Mon
     assert time.perf_counter() - start < 15
 
 
+def test_really_offline_without_copy_fails_fast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI situation: no network at all. Skipped where the download host answers."""
+    if data._can_reach_download_host():
+        pytest.skip("the download host is reachable here: this test would download")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match=r"no network .*CIFAR10_PATH"):
+        load_cifar10()
+    assert time.perf_counter() - start < 15
+
+
+def test_slow_name_lookup_cannot_stall_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    def hang(*args: object, **kwargs: object) -> None:
+        time.sleep(30)
+
+    monkeypatch.setattr(data.socket, "create_connection", hang)
+    monkeypatch.setattr(data, "DOWNLOAD_PROBE_TIMEOUT_S", 0.2)
+    start = time.perf_counter()
+    assert data._can_reach_download_host() is False
+    assert time.perf_counter() - start < 2
+
+
+def test_tfds_directory_goes_to_tfds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cifar10/3.0.2").mkdir(parents=True)
+    assert not data._tfds_has_prepared_cifar10(tmp_path)
+    (tmp_path / "cifar10/3.0.2/dataset_info.json").write_text("{}")
+    assert data._tfds_has_prepared_cifar10(tmp_path)
+    seen: list[Path | None] = []
+    monkeypatch.setattr(data, "_load_with_tfds", lambda data_dir: seen.append(data_dir))
+    load_cifar10(tmp_path)
+    assert seen == [tmp_path]
+
+
 # --- the real offline copy ------------------------------------------------------------
 
 
