@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -113,3 +115,24 @@ def test_run_series_executes_and_reports_key_result(tmp_path: Path) -> None:
     executed, seconds = run_series.execute(path, timeout_s=120)
     assert run_series.key_result(executed) == "accuracy 0.5"
     assert seconds > 0 and "execution" not in executed.cells[1].metadata
+
+
+def test_tutorial_sh_rejects_unknown_jax_variant() -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "tutorial.sh"), "setup"],
+        env={**os.environ, "TUTORIAL_JAX": "rocm"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "TUTORIAL_JAX must be cpu, cuda12 or cuda13, not 'rocm'" in result.stderr
+
+
+def test_tutorial_sh_help_lists_the_commands() -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "tutorial.sh"), "help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    for command in ("lab", "headless", "test", "TUTORIAL_JAX=cuda12"):
+        assert command in result.stdout
