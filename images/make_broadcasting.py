@@ -164,7 +164,7 @@ def mismatch(ax, top: float) -> None:
     ax.text(
         13.0,
         top - 1.5,
-        "TypeError:\nincompatible\nshapes",
+        "ValueError:\nincompatible\nshapes",
         ha="center",
         va="center",
         fontsize=11.5,
