@@ -62,6 +62,11 @@ def problems(path: Path) -> list[str]:
         found.append(f"{path.name}: second cell must be the Colab install cell")
     elif COLAB_SKIP_TAG not in cells[1].metadata.get("tags", []):
         found.append(f"{path.name}: the Colab install cell must be tagged {COLAB_SKIP_TAG}")
+    for index, cell in enumerate(cells[2:], start=3):
+        if COLAB_SKIP_TAG in cell.metadata.get("tags", []):
+            found.append(
+                f"{path.name}: cell {index} is tagged {COLAB_SKIP_TAG}; only the Colab cell may be"
+            )
     return found
 
 
@@ -78,7 +83,8 @@ def fix(path: Path) -> None:
     cell = nbformat.v4.new_code_cell(colab_cell_source())
     cell.metadata["tags"] = [COLAB_SKIP_TAG]
     second = notebook.cells[1] if len(notebook.cells) > 1 else None
-    if second is not None and second.cell_type == "code" and "google.colab" in second.source:
+    placeholder = second is not None and second.cell_type == "code" and not second.source.strip()
+    if placeholder or (second is not None and "google.colab" in second.source):
         cell.id = second.id
         notebook.cells[1] = cell
     else:

@@ -105,6 +105,24 @@ def test_header_check_catches_and_fixes_a_wrong_badge(tmp_path: Path) -> None:
     ]
 
 
+def test_header_fix_fills_an_empty_placeholder_cell(tmp_path: Path) -> None:
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("")]
+    notebook.cells[1].metadata["tags"] = ["nbval-skip"]
+    notebook.cells.append(nbformat.v4.new_code_cell("2"))
+    path = tmp_path / "08_new.ipynb"
+    nbformat.write(notebook, path)
+    notebook_header.fix(path)
+    fixed = nbformat.read(path, as_version=4)
+    assert len(fixed.cells) == 3 and fixed.cells[2].source == "2"
+    assert notebook_header.problems(path) == []
+    fixed.cells[2].metadata["tags"] = ["nbval-skip"]
+    nbformat.write(fixed, path)
+    assert notebook_header.problems(path) == [
+        "08_new.ipynb: cell 3 is tagged nbval-skip; only the Colab cell may be"
+    ]
+
+
 def test_run_series_executes_and_reports_key_result(tmp_path: Path) -> None:
     notebook = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("print('accuracy 0.5')")
