@@ -1,0 +1,100 @@
+"""Train notebook 06's fast CIFAR-10 recipe (airbench94 in JAX) N times; print one JSON line.
+
+    python benchmarks/fast_cifar10.py --runs 5     # on a GPU; appends to results/fast_cifar10.jsonl
+    python benchmarks/fast_cifar10.py --smoke      # a few steps on a CPU, to check it works
+
+The data come from ``helpers.load_cifar10()`` (``CIFAR10_PATH`` for a local copy).
+``seconds_per_run`` is the wall time of one run (whitening, training, test-time
+augmentation) after compilation; ``compile_seconds`` is measured separately. One
+warm-up run (another seed, same shapes) precedes the timed runs and is not counted.
+See benchmarks/README.md for how to run the PyTorch reference on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results" / "fast_cifar10.jsonl"
+
+
+def data_name() -> str:
+    """'official' when tensorflow-datasets supplies the data, else the local copy's file name."""
+    path = os.environ.get("CIFAR10_PATH")
+    return Path(path).name if path else "official"
+
+
+def benchmark(runs: int, smoke: bool, seed: int = 0) -> dict[str, Any]:
+    """Compile, warm up, then time ``runs`` runs of the full recipe; return the summary."""
+    import jax
+
+    import helpers
+    from helpers import fast_cifar10 as fc
+
+    cifar = helpers.load_cifar10()
+    config = fc.AIRBENCH94
+    sizes: tuple[int | None, int | None] = (None, None)
+    if smoke:
+        config = dataclasses.replace(
+            fc.smoke_config(config, widths=(8, 16, 16)), batch_size=32, epochs=1.0,
+            dtype="float32", eval_batch=128, whiten_images=128,
+        )  # fmt: skip
+        sizes = (256, 256)
+    data = fc.put_on_device(cifar, *sizes)
+    warmup = fc.train_and_evaluate(config, data, seed=seed + runs)  # not one of the timed seeds
+    results = [fc.train_and_evaluate(config, data, seed=seed + i) for i in range(runs)]
+    accuracies = [r.accuracy for r in results]
+    seconds = [r.seconds for r in results]
+    device = jax.devices()[0]
+    return {
+        "benchmark": "fast_cifar10",
+        "device": device.device_kind if device.platform != "cpu" else "cpu",
+        "runs": runs,
+        "acc_mean": statistics.fmean(accuracies),
+        "acc_std": statistics.stdev(accuracies) if runs > 1 else 0.0,
+        "seconds_per_run": statistics.median(seconds),
+        "seconds_mean": statistics.fmean(seconds),
+        "compile_seconds": warmup.compile_seconds,
+        "data": data_name(),
+        "accs": accuracies,
+        "seconds": seconds,
+        "acc_no_tta_mean": statistics.fmean(r.accuracy_by_tta[0] for r in results),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "dtype": config.dtype,
+        "smoke": smoke,
+        "jax": jax.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs (default 5)")
+    parser.add_argument("--smoke", action="store_true", help="a few steps on a subset (CPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first timed run")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    result = benchmark(args.runs, args.smoke, args.seed)
+    print(json.dumps(result), flush=True)
+    if not args.smoke and result["device"] != "cpu":
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a") as file:
+            file.write(json.dumps(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
