@@ -46,10 +46,7 @@ def benchmark(runs: int, smoke: bool, seed: int = 0) -> dict[str, Any]:
     config = fc.AIRBENCH94
     sizes: tuple[int | None, int | None] = (None, None)
     if smoke:
-        config = dataclasses.replace(
-            fc.smoke_config(config, widths=(8, 16, 16)), batch_size=32, epochs=1.0,
-            dtype="float32", eval_batch=128, whiten_images=128,
-        )  # fmt: skip
+        config = dataclasses.replace(fc.smoke_config(config), epochs=1.0)
         sizes = (256, 256)
     data = fc.put_on_device(cifar, *sizes)
     warmup = fc.train_and_evaluate(config, data, seed=seed + runs)  # not one of the timed seeds

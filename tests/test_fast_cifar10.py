@@ -1,0 +1,209 @@
+"""The fast CIFAR-10 recipe (helpers.fast_cifar10) on tiny synthetic data, and its benchmark."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from helpers import fast_cifar10 as fc
+from helpers.data import CIFAR10
+
+ROOT = Path(__file__).resolve().parents[1]
+# The benchmark's --smoke configuration and data shapes, so compiled code is shared.
+TINY = dataclasses.replace(fc.smoke_config(fc.AIRBENCH94), epochs=2.0)
+
+
+def synthetic_cifar(train: int = 256, test: int = 64, seed: int = 0) -> CIFAR10:
+    """Images whose mean colour depends on the label, so a network can learn them fast."""
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, 10, n).astype(np.int32)
+        noise = rng.normal(0, 30, (n, 32, 32, 3))
+        images = np.clip(128 + noise + 10 * (labels[:, None, None, None] - 4.5), 0, 255)
+        return images.astype(np.uint8), labels
+
+    train_images, train_labels = split(train)
+    test_images, test_labels = split(test)
+    return CIFAR10(train_images, train_labels, test_images, test_labels)
+
+
+@pytest.fixture(scope="module")
+def data() -> fc.DeviceData:
+    return fc.put_on_device(synthetic_cifar())
+
+
+def test_whitening_layer_decorrelates_patches() -> None:
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(20, 9, 9, 3)) @ rng.normal(size=(3, 3))  # correlated channels
+    images = (images[:, 1:, 1:] + images[:, :-1, :-1]).astype(np.float32)  # and pixels
+    kernel = fc.whitening_kernel(jnp.asarray(images), eps=1e-6)
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])
+    out = jax.lax.conv_general_dilated(
+        images, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    flat = np.asarray(out[..., :12]).reshape(-1, 12)
+    np.testing.assert_allclose(flat.T @ flat / len(flat), np.eye(12), atol=1e-3)
+    # the same numbers as the patches times the filters: the conv is the whitening transform
+    filters = np.asarray(kernel[..., :12]).reshape(12, 12)
+    np.testing.assert_allclose(np.asarray(fc.patches_2x2(images)) @ filters, flat, atol=1e-3)
+    norms = np.linalg.norm(filters, axis=0)  # 1 / sqrt(eigenvalue): largest eigenvalue first
+    assert np.all(np.diff(norms) >= -1e-6)
+
+
+def test_sgd_update_matches_optax() -> None:
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array([0.5])}
+    grads = [{"w": jnp.array([0.3, 0.1]), "b": jnp.array([-1.0])} for _ in range(3)]
+    lr, wd, momentum = 0.1, 0.01, 0.85
+    hyper = fc.Hyper(
+        mean=None, std=None, translate=None, flip_mode=None, base_flip=None,
+        label_smoothing=None, momentum=jnp.float32(momentum), nesterov=jnp.bool_(True),
+        lr={"w": lr, "b": lr}, weight_decay={"w": wd, "b": wd}, whiten_bias=None,
+    )  # fmt: skip
+    gate = {"w": 1.0, "b": 1.0}
+    tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum, nesterov=True))
+    ours, velocity = params, jax.tree.map(jnp.zeros_like, params)
+    theirs, state = params, tx.init(params)
+    for g in grads:
+        ours, velocity = fc.sgd_update(ours, g, velocity, hyper, jnp.float32(1.0), gate)
+        updates, state = tx.update(g, state, theirs)
+        theirs = optax.apply_updates(theirs, updates)
+    for name in params:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-6)
+
+
+def test_optimizer_settings_reproduce_airbench_pytorch_values() -> None:
+    settings = fc.optimizer_settings(fc.AIRBENCH94)
+    kilostep = 1024 * (1 + 1 / (1 - 0.85))
+    torch_lr = 11.5 / kilostep  # PyTorch lr for the summed loss
+    assert settings["lr"] == pytest.approx(torch_lr * 1024)
+    assert settings["lr"] * settings["wd"] == pytest.approx(0.0153 * 1024 / kilostep)
+    assert settings["lr_bias"] == pytest.approx(64 * settings["lr"])
+    schedule = fc.lr_schedule(476, fc.AIRBENCH94)
+    assert schedule[0] == pytest.approx(0.2, rel=1e-6)
+    assert schedule[-1] == pytest.approx(0.07 + 0.93 / 367)  # the last step is 366 of 367
+    assert schedule.max() == pytest.approx(1.0) and int(np.argmax(schedule)) == int(476 * 0.23)
+
+
+def test_augmentation_identity_translate_and_alternating_flip() -> None:
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    padded = jnp.asarray(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect"))
+    indices = jnp.arange(6)
+    key = jax.random.key(0)
+    base = jnp.array([True, False, True, False, False, True])
+
+    def augment(translate: int, mode: int, odd: bool) -> np.ndarray:
+        return np.asarray(
+            fc.augment_batch(padded, indices, key, jnp.int32(translate), jnp.int32(mode),
+                             base, jnp.bool_(odd))
+        )  # fmt: skip
+
+    np.testing.assert_array_equal(augment(0, 0, False), images)
+    even, odd = augment(0, 2, False), augment(0, 2, True)
+    flipped = images[:, :, ::-1]
+    for i, b in enumerate(np.asarray(base)):
+        np.testing.assert_array_equal(even[i], flipped[i] if b else images[i])
+        np.testing.assert_array_equal(odd[i], images[i] if b else flipped[i])
+    shifted = augment(2, 0, False)
+    assert shifted.shape == images.shape and not np.array_equal(shifted, images)
+    host = fc.host_augment_batch(
+        np.asarray(padded), np.arange(6), np.random.default_rng(0), 0, 2, np.asarray(base), True
+    )
+    np.testing.assert_array_equal(host, odd)
+
+
+def test_model_shapes_and_tta() -> None:
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(3, 32, 32, 3)), jnp.float32)
+    for config in (TINY, fc.smoke_config(fc.BASELINE)):
+        graphdef, state, _ = fc.initial_state(config, 0)
+
+        @jax.jit
+        def tta(params, stats, x):
+            return fc.tta_logits(nnx.merge(graphdef, params, stats, copy=True), x, 2)
+
+        logits = tta(state.params, state.batch_stats, x)
+        assert logits.shape == (3, 3, 10)  # (TTA level, image, class)
+        symmetric = tta(state.params, state.batch_stats, x + x[:, :, ::-1])[:2]
+        np.testing.assert_allclose(symmetric[0], symmetric[1], atol=1e-4)  # mirror changes nothing
+    assert fc.tta_views(x, 2).shape == (6, 3, 32, 32, 3)
+
+
+def test_training_lowers_the_loss_and_reports_a_result(data: fc.DeviceData) -> None:
+    result = fc.train_and_evaluate(TINY, data, seed=0, eval_each_epoch=True)
+    assert result.steps == 16 and len(result.epoch_losses) == 2
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    assert len(result.accuracy_by_tta) == 3 and 0 <= result.accuracy <= 1
+    assert len(result.epoch_accuracies) == 2
+    assert result.seconds > 0 and result.compile_seconds > 0
+    again = fc.train_and_evaluate(dataclasses.replace(TINY, label_smoothing=0.0), data, seed=0)
+    assert again.compile_seconds == 0, "a numeric switch must not recompile"
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import dataclasses, sys
+    import jax, numpy as np
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    from helpers import fast_cifar10 as fc
+    from test_fast_cifar10 import TINY, synthetic_cifar
+    assert len(jax.devices()) == 8
+    config = TINY
+    cifar = synthetic_cifar()
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    single = fc.Run(config, fc.put_on_device(cifar), seed=3)
+    sharded = fc.Run(config, fc.put_on_device(cifar, sharding=replicated), seed=3, mesh=mesh)
+    for run in (single, sharded):
+        run.whiten()
+    a, b = np.asarray(single.train_range(0, 3)), np.asarray(sharded.train_range(0, 3))
+    print(a, b)
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    assert "tensorflow" not in sys.modules  # the GPU machine has none
+    print("OK")
+    """
+)
+
+
+def test_sharded_step_equals_single_device_step() -> None:
+    script = SHARDED_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+def test_benchmark_smoke_prints_the_promised_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import helpers
+
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks/fast_cifar10.py")
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(helpers, "load_cifar10", synthetic_cifar)
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results.jsonl")
+    result = bench.main(["--smoke", "--runs", "2"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    keys = {"device", "runs", "acc_mean", "acc_std", "seconds_per_run", "compile_seconds", "data"}
+    assert keys <= set(printed) and printed == result
+    assert printed["runs"] == 2 and 0 <= printed["acc_mean"] <= 1
+    assert printed["data"] == "official" and not (tmp_path / "results.jsonl").exists()
