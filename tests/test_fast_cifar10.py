@@ -132,10 +132,9 @@ def test_model_shapes_and_tta() -> None:
     for config in (TINY, fc.smoke_config(fc.BASELINE)):
         graphdef, state, _ = fc.initial_state(config, 0)
 
-        @jax.jit
-        def tta(params, stats, x):
-            return fc.tta_logits(nnx.merge(graphdef, params, stats, copy=True), x, 2)
-
+        tta = jax.jit(
+            lambda p, s, x, g=graphdef: fc.tta_logits(nnx.merge(g, p, s, copy=True), x, 2)
+        )
         logits = tta(state.params, state.batch_stats, x)
         assert logits.shape == (3, 3, 10)  # (TTA level, image, class)
         symmetric = tta(state.params, state.batch_stats, x + x[:, :, ::-1])[:2]
