@@ -63,6 +63,8 @@ def benchmark(runs: int, smoke: bool, seed: int = 0) -> dict[str, Any]:
         "seconds_per_run": statistics.median(seconds),
         "seconds_mean": statistics.fmean(seconds),
         "compile_seconds": warmup.compile_seconds,
+        # compile_seconds is far lower when a persistent cache already held the code
+        "compilation_cache": bool(os.environ.get("JAX_COMPILATION_CACHE_DIR")),
         "data": data_name(),
         "accs": accuracies,
         "seconds": seconds,

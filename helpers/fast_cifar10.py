@@ -1006,3 +1006,107 @@ def train_and_evaluate(
         epoch_losses=losses,
         epoch_accuracies=accuracies,
     )
+
+
+# --- the ablation, as notebook 06 runs it ----------------------------------------------
+
+#: Notebook 06's steps from notebook 05's recipe to airbench94: (label, fields changed),
+#: each applied on top of the previous ones, starting from :data:`BASELINE`.
+ACCURACY_STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("05 baseline: LeNet, raw pixels, SGD", {}),
+    ("+ normalised inputs", {"normalize": True}),
+    ("+ conv blocks, batch norm, 64/256/256 wide", {"model": "airbench"}),
+    ("+ random flip and 2-pixel translate", {"flip": "random", "translate": 2}),
+    ("+ alternating flip", {"flip": "alternating"}),
+    ("+ label smoothing 0.2", {"label_smoothing": 0.2}),
+    ("+ Nesterov SGD, warm-up/decay, weight decay", {"optimizer": "nesterov"}),
+    ("+ frozen whitening first layer", {"whiten": True}),
+    ("+ lookahead (weight averaging)", {"lookahead": True}),
+    ("+ test-time augmentation", {"tta": 2}),
+)
+
+
+def systems_steps(recipe: Config) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The systems rows: the full recipe with one speed trick taken away each."""
+    other = "float32" if recipe.dtype == "bfloat16" else "bfloat16"
+    return (
+        (f"full recipe in {other} instead of {recipe.dtype}", {"dtype": other}),
+        ("one compiled call per step, not per epoch", {"loop": "step"}),
+        ("one call per step, no donated buffers", {"loop": "step", "donate": False}),
+        ("batches cropped by NumPy on the host", {"data_on_device": False}),
+    )
+
+
+def ablation_configs(
+    shrink: Callable[[Config], Config] = lambda c: c,
+) -> list[tuple[str, Config]]:
+    """Every row of the ablation: the accuracy steps (cumulative), then the systems rows."""
+    rows, config = [], BASELINE
+    for label, change in ACCURACY_STEPS:
+        config = dataclasses.replace(config, **change)
+        rows.append((label, shrink(config)))
+    assert config == AIRBENCH94, "the accuracy steps must end at the published recipe"
+    recipe = shrink(config)
+    rows += [(label, dataclasses.replace(recipe, **c)) for label, c in systems_steps(recipe)]
+    return rows
+
+
+def result_record(label: str, result: Result) -> dict[str, Any]:
+    """A JSON-ready summary of one run (one line of an ablation results file)."""
+    device = jax.devices()[0]
+    return {
+        "label": label,
+        "device": device.device_kind if device.platform != "cpu" else "cpu",
+        "seed": result.seed,
+        "accuracy": result.accuracy,
+        "accuracy_by_tta": list(result.accuracy_by_tta),
+        "seconds": result.seconds,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "compile_seconds": result.compile_seconds,
+        "steps": result.steps,
+        "epoch_losses": result.epoch_losses,
+        "epoch_accuracies": result.epoch_accuracies,
+        "config": dataclasses.asdict(result.config),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m helpers.fast_cifar10 --out results.jsonl [--smoke] [--recipe-runs N]``.
+
+    Runs notebook 06's ablation rows once each, then the full recipe ``--recipe-runs``
+    more times (other seeds), appending one JSON line per run to ``--out``.
+    """
+    import argparse
+    import json
+    import sys
+
+    from helpers.data import load_cifar10
+
+    parser = argparse.ArgumentParser(description="notebook 06's ablation, headless")
+    parser.add_argument("--out", required=True, help="JSON-lines file to append to")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU")
+    parser.add_argument("--recipe-runs", type=int, default=0, help="extra full-recipe runs")
+    args = parser.parse_args(argv)
+    cifar = load_cifar10()
+    shrink = smoke_config if args.smoke else (lambda c: c)
+    sizes = (512, 256) if args.smoke else (None, None)
+    if args.smoke:
+        shrink = lambda c: dataclasses.replace(smoke_config(c), epochs=1.0)  # noqa: E731
+    data = put_on_device(cifar, *sizes)
+    rows = ablation_configs(shrink)
+    recipe = rows[len(ACCURACY_STEPS) - 1][1]
+    rows += [(f"full recipe, seed {s}", recipe) for s in range(1, args.recipe_runs + 1)]
+    for index, (label, config) in enumerate(rows):
+        seed = int(label.rsplit(" ", 1)[1]) if label.startswith("full recipe, seed") else 0
+        start = time.perf_counter()
+        result = train_and_evaluate(config, data, seed, eval_each_epoch=index == 9)
+        record = result_record(label, result)
+        record["wall_seconds"] = time.perf_counter() - start
+        with open(args.out, "a") as file:
+            file.write(json.dumps(record) + "\n")
+        print(f"{label:48s} {result.summary()}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
