@@ -36,13 +36,13 @@ log "loading CIFAR-10 once (decodes and caches the JPEGs, about 10 s the first t
 
 log "ablation: every row of notebook 06 once, then the full recipe with seeds 1-4"
 rm -f "$OUT/fast_cifar10_ablation.jsonl"
-timeout 330 "$PYTHON" -m helpers.fast_cifar10 --out "$OUT/fast_cifar10_ablation.jsonl" \
+timeout 270 "$PYTHON" -m helpers.fast_cifar10 --out "$OUT/fast_cifar10_ablation.jsonl" \
   --recipe-runs 4 "${smoke_flag[@]}" 2>&1 | tee -a "$OUT/log.txt" || log "ablation stopped early (status $?)"
 
 log "benchmark: benchmarks/fast_cifar10.py --runs 5"
 runs=5
 if [[ "${SMOKE:-0}" == 1 ]]; then runs=2; fi
-timeout 150 "$PYTHON" benchmarks/fast_cifar10.py --runs "$runs" "${smoke_flag[@]}" \
+timeout 120 "$PYTHON" benchmarks/fast_cifar10.py --runs "$runs" "${smoke_flag[@]}" \
   | tee "$OUT/fast_cifar10_benchmark.json" || log "benchmark stopped early (status $?)"
 if [[ -f benchmarks/results/fast_cifar10.jsonl ]]; then
   cp benchmarks/results/fast_cifar10.jsonl "$OUT/"
