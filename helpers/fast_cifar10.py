@@ -546,6 +546,25 @@ def lr_schedule(total_steps: int, config: Config) -> np.ndarray:
     return np.where(steps < warmup, up, down).astype(np.float32)
 
 
+def lookahead_plan(
+    config: Config, steps_per_epoch: int, total_steps: int, padded_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per step: whether to pull towards the moving average after it, and the decay.
+
+    As airbench94.py: the average starts at the initial weights; after every
+    ``lookahead_every``-th step, ``average = rho * average + (1 - rho) * weights`` and the
+    weights jump to it, with ``rho = 0.95**lookahead_every * (done / total)**3``; after
+    the last step the weights jump to the average once more (decay 1), unless that
+    step was itself an averaging step (then the jump is already done).
+    """
+    done = np.arange(padded_steps) + 1  # steps completed after this one
+    periodic = (done % config.lookahead_every == 0) & (done <= total_steps)
+    rho = 0.95**config.lookahead_every * (np.minimum(done, total_steps) / total_steps) ** 3
+    lookahead = config.lookahead & (periodic | (done == total_steps))
+    decay = np.where(periodic, rho, 1.0)
+    return lookahead, decay.astype(np.float32)
+
+
 # --- training state and step --------------------------------------------------------
 
 
@@ -859,9 +878,7 @@ class Run:
         order = [rng.permutation(self.data.train_size)[: spe * batch] for _ in range(self.epochs)]
         indices = np.concatenate(order).reshape(padded_steps, batch).astype(np.int32)
         step = np.arange(padded_steps)
-        done = step + 1  # steps completed after this one
-        lookahead = config.lookahead & ((done % config.lookahead_every == 0) | (done == total))
-        decay = np.where(done >= total, 1.0, 0.95**5 * (np.minimum(done, total) / total) ** 3)
+        lookahead, decay = lookahead_plan(config, spe, total, padded_steps)
         epoch = step // spe
         schedule = np.ones(padded_steps, np.float32)
         schedule[:total] = lr_schedule(total, config)
@@ -872,8 +889,8 @@ class Run:
             lr=schedule,
             odd_epoch=epoch % 2 == 1,
             train_whiten_bias=(epoch < config.whiten_bias_epochs).astype(np.float32),
-            lookahead=lookahead & (step < total),
-            lookahead_decay=decay.astype(np.float32),
+            lookahead=lookahead,
+            lookahead_decay=decay,
             active=step < total,
         )
 

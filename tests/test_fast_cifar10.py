@@ -99,6 +99,17 @@ def test_optimizer_settings_reproduce_airbench_pytorch_values() -> None:
     assert schedule.max() == pytest.approx(1.0) and int(np.argmax(schedule)) == int(476 * 0.23)
 
 
+def test_lookahead_plan_follows_airbench94() -> None:
+    flags, decay = fc.lookahead_plan(fc.AIRBENCH94, 48, 476, 480)
+    done = np.flatnonzero(flags) + 1
+    np.testing.assert_array_equal(done, [*range(5, 476, 5), 476])
+    assert decay[4] == pytest.approx(0.95**5 * (5 / 476) ** 3)
+    assert decay[474] == pytest.approx(0.95**5 * (475 / 476) ** 3) and decay[475] == 1.0
+    # a last step that is also an averaging step averages (it does not drop its update)
+    flags, decay = fc.lookahead_plan(fc.AIRBENCH94, 48, 480, 480)
+    assert flags[479] and decay[479] == pytest.approx(0.95**5)
+
+
 def test_augmentation_identity_translate_and_alternating_flip() -> None:
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
