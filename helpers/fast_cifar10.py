@@ -121,6 +121,10 @@ class Config:
     batchnorm_momentum: float = 0.6
     logit_scale: float = 1 / 9
     lookahead_every: int = 5
+    #: 0: lookahead as airbench94.py (averaging from the first step). N > 0: as the
+    #: ``airbench`` package's ``train`` (and an earlier airbench94.py): the average starts
+    #: in epoch N and the weights are also copied back from it at the end of every epoch.
+    lookahead_start_epochs: int = 0
     eval_batch: int = 2000
 
     def __post_init__(self) -> None:
@@ -556,12 +560,26 @@ def lookahead_plan(
     weights jump to it, with ``rho = 0.95**lookahead_every * (done / total)**3``; after
     the last step the weights jump to the average once more (decay 1), unless that
     step was itself an averaging step (then the jump is already done).
+
+    With ``lookahead_start_epochs`` N > 0, only averaging steps in epoch N or later
+    count; the first of them starts the average at the current weights (decay 0), and
+    from then on the weights also jump to the average after the last step of every
+    epoch (decay 1), as the ``airbench`` package's ``train`` does.
     """
-    done = np.arange(padded_steps) + 1  # steps completed after this one
+    step = np.arange(padded_steps)
+    done = step + 1  # steps completed after this one
     periodic = (done % config.lookahead_every == 0) & (done <= total_steps)
     rho = 0.95**config.lookahead_every * (np.minimum(done, total_steps) / total_steps) ** 3
-    lookahead = config.lookahead & (periodic | (done == total_steps))
+    last = done == total_steps
+    if config.lookahead_start_epochs > 0:
+        periodic &= step // steps_per_epoch >= config.lookahead_start_epochs
+        first = int(np.argmax(periodic)) if periodic.any() else padded_steps
+        epoch_end = ((done % steps_per_epoch == 0) & (done <= total_steps)) | last
+        last = epoch_end & (step >= first)
+    lookahead = config.lookahead & (periodic | last)
     decay = np.where(periodic, rho, 1.0)
+    if config.lookahead_start_epochs > 0 and first < padded_steps:
+        decay[first] = 0.0
     return lookahead, decay.astype(np.float32)
 
 

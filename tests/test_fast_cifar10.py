@@ -108,6 +108,17 @@ def test_lookahead_plan_follows_airbench94() -> None:
     # a last step that is also an averaging step averages (it does not drop its update)
     flags, decay = fc.lookahead_plan(fc.AIRBENCH94, 48, 480, 480)
     assert flags[479] and decay[479] == pytest.approx(0.95**5)
+    # the airbench package's variant: from epoch 3, plus a copy-back at each epoch's end
+    late = dataclasses.replace(fc.AIRBENCH94, lookahead_start_epochs=3)
+    flags, decay = fc.lookahead_plan(late, 48, 476, 480)
+    done = np.flatnonzero(flags) + 1
+    ends = [192, 288, 336, 384, 432, 476]  # epoch ends that are not multiples of 5
+    np.testing.assert_array_equal(done, sorted([*range(145, 476, 5), *ends]))
+    assert decay[144] == 0.0  # the average starts here, at the current weights
+    assert decay[149] == pytest.approx(0.95**5 * (150 / 476) ** 3)
+    assert all(decay[d - 1] == 1.0 for d in ends)
+    short = fc.lookahead_plan(dataclasses.replace(late, epochs=2.0), 48, 96, 96)
+    assert not short[0].any()  # never reaches epoch 3: no lookahead at all
 
 
 def test_augmentation_identity_translate_and_alternating_flip() -> None:
