@@ -2,7 +2,7 @@
 # One entry point for readers and contributors. Each command sets everything up on
 # first use (a virtual environment in .venv with the tested package versions).
 #
-#   ./tutorial.sh lab        JupyterLab on notebooks/
+#   ./tutorial.sh lab        JupyterLab on notebooks/ (extra arguments go to jupyter lab)
 #   ./tutorial.sh headless   execute every notebook in order; print wall time and key result
 #   ./tutorial.sh test       ruff, unit tests and nbval over every notebook
 #   ./tutorial.sh setup      only set up (or update) .venv
@@ -51,7 +51,13 @@ setup() {
 command=${1:-help}
 case "$command" in
   setup) setup ;;
-  lab) setup; exec "$venv/bin/jupyter" lab notebooks/ ;;
+  lab)
+    setup
+    shift
+    as_root=()
+    if [[ $EUID -eq 0 ]]; then as_root=(--allow-root); fi  # containers often run as root
+    exec "$venv/bin/jupyter" lab "${as_root[@]}" "$@" notebooks/
+    ;;
   headless) setup; shift; exec "$venv/bin/python" -m helpers.run_series "$@" ;;
   test)
     setup
