@@ -1,0 +1,234 @@
+"""The original tutorial's CIFAR-10 recipe, and the fast training epoch notebook 05 uses.
+
+The seed recipe is the Julia/Flux tutorial's LeNet-style network (two 5x5
+convolutions with ReLU and 2x2 max-pooling, three dense layers, softmax), trained
+with cross-entropy and Momentum(0.01) on mini-batches of 1,000 images.
+
+Notebook 05 writes the same network out as the lesson and trains it with
+:func:`train_epoch`; ``benchmarks/seed_recipe.py`` trains :class:`SeedCNN` with the
+same :func:`train_epoch`, so the benchmark times exactly what the reader runs.
+
+Why :func:`train_epoch` is fast on a CPU (measured on a shared 2-core CPU; see
+``benchmarks/README.md``):
+
+- One compiled call per epoch: the model and optimizer are split into a graph
+  definition and plain arrays (``nnx.split``), one ``jax.jit`` function runs all
+  the steps of an epoch in a ``lax.fori_loop``, and the state buffers are donated
+  so XLA updates them in place.
+- The images stay on the device as uint8 and each batch is converted to float32
+  inside the compiled code.
+- :func:`max_pool_2x2` pools with a reshape and a max, whose gradient is far
+  cheaper on XLA:CPU than that of ``lax.reduce_window`` (``nnx.max_pool``).
+- :func:`reuse_freed_memory` stops glibc from handing every large temporary buffer
+  back to the kernel: without it XLA:CPU maps about 600 MB of fresh memory per
+  training step and spends most of the step in page faults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import platform
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+BATCH_SIZE = 1000
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9  # Flux's Momentum(0.01) is learning rate 0.01 with momentum 0.9
+NUM_CLASSES = 10
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the kernel.
+
+    XLA:CPU allocates large temporary buffers on every call of a compiled function
+    (the convolutions alone take about 600 MB per training step of this recipe).
+    By default glibc serves each with a fresh ``mmap`` and unmaps it afterwards, so
+    every call touches new pages and pays one page fault per 4 KB. Here all threads
+    share one heap that is never trimmed, so after the first steps no page faults
+    are left. Call it once, before the first JAX computation (threads that already
+    allocated keep their own heaps). Returns False where it does not apply (not
+    Linux with glibc), True once applied.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(libc.mallopt(option, value) == 1 for option, value in settings)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2 of NHWC images (odd rows/columns are dropped).
+
+    The same as ``nnx.max_pool(x, (2, 2), strides=(2, 2))``, written as a reshape
+    and a max, whose gradient XLA:CPU computes several times faster.
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class SeedCNN(nnx.Module):
+    """Conv 5x5 3->16 relu, pool, Conv 5x5 16->8 relu, pool, Dense 200-120-84-10, softmax."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.conv1 = nnx.Conv(3, 16, kernel_size=(5, 5), padding="VALID", rngs=rngs)
+        self.conv2 = nnx.Conv(16, 8, kernel_size=(5, 5), padding="VALID", rngs=rngs)
+        self.dense1 = nnx.Linear(200, 120, rngs=rngs)
+        self.dense2 = nnx.Linear(120, 84, rngs=rngs)
+        self.dense3 = nnx.Linear(84, NUM_CLASSES, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = max_pool_2x2(nnx.relu(self.conv1(x)))
+        x = max_pool_2x2(nnx.relu(self.conv2(x)))
+        x = x.reshape(x.shape[0], -1)
+        x = self.dense3(self.dense2(self.dense1(x)))
+        return nnx.softmax(x)
+
+
+def make_optimizer(model: nnx.Module) -> nnx.Optimizer:
+    """Momentum(0.01) as in Flux: SGD with learning rate 0.01 and momentum 0.9."""
+    return nnx.Optimizer(model, optax.sgd(LEARNING_RATE, momentum=MOMENTUM), wrt=nnx.Param)
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """uint8 images in 0-255 to float32 in [0, 1]."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def cross_entropy(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy of predicted class probabilities and integer labels.
+
+    Like Flux's ``crossentropy``, it adds a tiny epsilon before the log so that a
+    probability that underflowed to 0 gives a large loss instead of infinity.
+    """
+    one_hot = jax.nn.one_hot(labels, probabilities.shape[-1])
+    return -jnp.mean(jnp.sum(one_hot * jnp.log(probabilities + 1e-7), axis=-1))
+
+
+def _one_step(
+    graphdef: nnx.GraphDef[Any],
+    batch_size: int,
+    state: nnx.State,
+    images: jax.Array,
+    labels: jax.Array,
+    step: jax.Array,
+) -> tuple[nnx.State, jax.Array]:
+    """Train on batch number ``step`` of the device-resident data; pure, for jax.jit."""
+    model, optimizer = nnx.merge(graphdef, state)
+    start = step * batch_size
+    x = to_float(jax.lax.dynamic_slice_in_dim(images, start, batch_size))
+    y = jax.lax.dynamic_slice_in_dim(labels, start, batch_size)
+    loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), loss
+
+
+@functools.cache
+def _compiled_step(graphdef: nnx.GraphDef[Any], batch_size: int) -> Any:
+    step = functools.partial(_one_step, graphdef, batch_size)
+    return jax.jit(step, donate_argnums=0)
+
+
+@functools.cache
+def _compiled_epoch(graphdef: nnx.GraphDef[Any], batch_size: int, steps: int) -> Any:
+    def epoch(
+        state: nnx.State, images: jax.Array, labels: jax.Array
+    ) -> tuple[nnx.State, jax.Array]:
+        def body(state: nnx.State, step: jax.Array) -> tuple[nnx.State, jax.Array]:
+            return _one_step(graphdef, batch_size, state, images, labels, step)
+
+        return jax.lax.scan(body, state, jnp.arange(steps))
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def default_loop() -> str:
+    """``"python"`` on a CPU, ``"scan"`` on an accelerator (see :func:`train_epoch`)."""
+    return "python" if jax.default_backend() == "cpu" else "scan"
+
+
+def train_epoch(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    images: jax.Array | np.ndarray,
+    labels: jax.Array | np.ndarray,
+    batch_size: int = BATCH_SIZE,
+    loop: str | None = None,
+) -> jax.Array:
+    """Train ``model`` for one epoch, in order, on mini-batches of ``batch_size``.
+
+    Args:
+        model, optimizer: updated in place (their arrays are replaced at the end).
+        images: uint8 (N, 32, 32, 3); put them on the device once with
+            ``jnp.asarray`` so that no epoch copies them again.
+        labels: int (N,) class indices.
+        batch_size: images per step; a last partial batch is dropped, as in the
+            original (49,000 images make 49 batches of 1,000).
+        loop: ``"python"`` runs one compiled step per batch from a Python loop;
+            ``"scan"`` compiles the whole epoch into one ``lax.scan``. Both compute
+            the same updates. XLA:CPU runs the convolutions of a loop body through a
+            much slower path, so ``"python"`` is faster on a CPU and ``"scan"``, which
+            has no per-step dispatch cost, on a GPU. None picks :func:`default_loop`.
+
+    Returns:
+        The loss of every step, shape (steps,).
+    """
+    steps = len(images) // batch_size
+    if steps == 0:
+        raise ValueError(f"{len(images)} images make no batch of {batch_size}")
+    loop = loop or default_loop()
+    images = jnp.asarray(images)
+    labels = jnp.asarray(labels)
+    graphdef, state = nnx.split((model, optimizer))
+    if loop == "scan":
+        state, losses = _compiled_epoch(graphdef, batch_size, steps)(state, images, labels)
+    elif loop == "python":
+        step_fn = _compiled_step(graphdef, batch_size)
+        per_step = []
+        for step in range(steps):
+            state, loss = step_fn(state, images, labels, step)
+            per_step.append(loss)
+        losses = jnp.stack(per_step)
+    else:
+        raise ValueError(f"loop must be 'python' or 'scan', not {loop!r}")
+    nnx.update((model, optimizer), state)
+    return losses
+
+
+@nnx.jit
+def _forward(model: nnx.Module, images: jax.Array) -> jax.Array:
+    return model(to_float(images))
+
+
+def predict(
+    model: nnx.Module, images: jax.Array | np.ndarray, batch_size: int = 1000
+) -> np.ndarray:
+    """Class probabilities (N, 10) for uint8 images, computed in batches to bound memory."""
+    parts = [
+        np.asarray(_forward(model, jnp.asarray(images[start : start + batch_size])))
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+def evaluate(
+    model: nnx.Module, images: jax.Array | np.ndarray, labels: jax.Array | np.ndarray
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on uint8 images and integer labels."""
+    probabilities = predict(model, images)
+    labels = np.asarray(labels)
+    loss = float(cross_entropy(jnp.asarray(probabilities), jnp.asarray(labels)))
+    accuracy = float(np.mean(probabilities.argmax(axis=-1) == labels))
+    return loss, accuracy

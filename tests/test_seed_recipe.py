@@ -1,0 +1,113 @@
+"""The seed recipe's model and its fast training epoch, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from helpers import seed_recipe
+
+
+def synthetic(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images whose class (0-9) is written in their mean brightness: learnable."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, count).astype(np.int32)
+    noise = rng.integers(0, 40, (count, 32, 32, 3))
+    images = (labels[:, None, None, None] * 20 + noise).astype(np.uint8)
+    return images, labels
+
+
+def readable_step(model: nnx.Module, optimizer: nnx.Optimizer, x: np.ndarray, y: np.ndarray):
+    """The plain loop's step, as notebook 05 writes it first (not compiled here)."""
+
+    def loss_fn(model: nnx.Module) -> jax.Array:
+        return seed_recipe.cross_entropy(model(seed_recipe.to_float(jnp.asarray(x))), y)
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def test_max_pool_matches_flax() -> None:
+    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 16))
+    expected = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    assert seed_recipe.max_pool_2x2(x).shape == (2, 14, 14, 16)
+    np.testing.assert_array_equal(seed_recipe.max_pool_2x2(x), expected)
+    odd = x[:, :27, :27]  # VALID pooling drops the last row and column
+    np.testing.assert_array_equal(
+        seed_recipe.max_pool_2x2(odd), nnx.max_pool(odd, (2, 2), strides=(2, 2))
+    )
+
+
+def test_model_shapes_and_parameter_count() -> None:
+    model = seed_recipe.SeedCNN(nnx.Rngs(0))
+    probabilities = model(jnp.zeros((3, 32, 32, 3)))
+    assert probabilities.shape == (3, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+    count = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert count == (5 * 5 * 3 + 1) * 16 + (5 * 5 * 16 + 1) * 8 + 201 * 120 + 121 * 84 + 85 * 10
+
+
+def test_loss_decreases() -> None:
+    images, labels = synthetic(256)
+    model = seed_recipe.SeedCNN(nnx.Rngs(0))
+    optimizer = seed_recipe.make_optimizer(model)
+    first = seed_recipe.train_epoch(model, optimizer, images, labels, batch_size=32)
+    assert first.shape == (8,)
+    for _ in range(4):
+        last = seed_recipe.train_epoch(model, optimizer, images, labels, batch_size=32)
+    assert float(last.mean()) < float(first.mean())
+    loss, accuracy = seed_recipe.evaluate(model, images, labels)
+    assert 0.0 <= accuracy <= 1.0 and np.isfinite(loss)
+
+
+@pytest.mark.parametrize("loop", ["python", "scan"])
+def test_fast_epoch_equals_readable_loop(loop: str) -> None:
+    images, labels = synthetic(100, seed=1)
+    fast = seed_recipe.SeedCNN(nnx.Rngs(3))
+    fast_optimizer = seed_recipe.make_optimizer(fast)
+    plain = seed_recipe.SeedCNN(nnx.Rngs(3))
+    plain_optimizer = seed_recipe.make_optimizer(plain)
+    losses = seed_recipe.train_epoch(fast, fast_optimizer, images, labels, batch_size=25, loop=loop)
+    expected = [
+        readable_step(plain, plain_optimizer, images[i : i + 25], labels[i : i + 25])
+        for i in range(0, 100, 25)
+    ]
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    for got, want in zip(
+        jax.tree.leaves(nnx.state(fast)), jax.tree.leaves(nnx.state(plain)), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_partial_batch_is_dropped_and_empty_epoch_refused() -> None:
+    images, labels = synthetic(70)
+    model = seed_recipe.SeedCNN(nnx.Rngs(0))
+    optimizer = seed_recipe.make_optimizer(model)
+    assert seed_recipe.train_epoch(model, optimizer, images, labels, batch_size=32).shape == (2,)
+    with pytest.raises(ValueError, match="no batch"):
+        seed_recipe.train_epoch(model, optimizer, images[:10], labels[:10], batch_size=32)
+    with pytest.raises(ValueError, match="loop must be"):
+        seed_recipe.train_epoch(model, optimizer, images, labels, batch_size=32, loop="while")
+
+
+def test_predict_covers_a_last_partial_batch() -> None:
+    images, _ = synthetic(7)
+    probabilities = seed_recipe.predict(seed_recipe.SeedCNN(nnx.Rngs(0)), images, batch_size=4)
+    assert probabilities.shape == (7, 10)
+
+
+def test_reuse_freed_memory_in_a_fresh_process() -> None:
+    code = "from helpers.seed_recipe import reuse_freed_memory; print(reuse_freed_memory())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    applies = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert result.stdout.strip() == str(applies)
