@@ -55,17 +55,25 @@ def reuse_freed_memory() -> bool:
     XLA:CPU allocates large temporary buffers on every call of a compiled function
     (the convolutions alone take about 600 MB per training step of this recipe).
     By default glibc serves each with a fresh ``mmap`` and unmaps it afterwards, so
-    every call touches new pages and pays one page fault per 4 KB. Here all threads
-    share one heap that is never trimmed, so after the first steps no page faults
-    are left. Call it once, before the first JAX computation (threads that already
-    allocated keep their own heaps). Returns False where it does not apply (not
-    Linux with glibc), True once applied.
+    every call touches new pages and pays one page fault per 4 KB. This asks glibc
+    (``mallopt``) to serve all threads from one heap that is never trimmed, and JAX
+    to run CPU computations on the calling thread (``jax_cpu_enable_async_dispatch``
+    off), so that freed blocks are reused and, after the first steps, no page faults
+    are left.
+
+    Call it once, before the first JAX computation. It works fully in a fresh
+    Python process; in a process whose other threads allocated memory before
+    (a Jupyter kernel), glibc has already fixed its number of heaps, so XLA's worker
+    threads keep heaps of their own and only part of the faults go away. Returns
+    False where it does not apply (not Linux with glibc), True once applied.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-    return all(libc.mallopt(option, value) == 1 for option, value in settings)
+    applied = all(libc.mallopt(option, value) == 1 for option, value in settings)
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return applied
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

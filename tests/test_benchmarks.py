@@ -1,0 +1,53 @@
+"""benchmarks/seed_recipe.py runs end to end on a small subset (not a timing test)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "seed_recipe.py"
+CACHE = os.environ.get("TUTORIAL_CACHE_DIR")  # read before conftest's fixture empties it
+COMMON_KEYS = {"impl", "device", "epochs", "epoch_s", "first_epoch_s", "test_acc"}
+
+
+def test_seed_recipe_benchmark_runs_without_tensorflow(real_copy: Path, tmp_path: Path) -> None:
+    output = tmp_path / "seed_recipe.jsonl"
+    argv = ["--epochs", "2", "--subset", "2000", "--output", str(output)]
+    # run the script as __main__, then check it never imported TensorFlow
+    code = (
+        "import runpy, sys; "
+        f"sys.argv = [{str(SCRIPT)!r}, *{argv!r}]; "
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__'); "
+        "assert 'tensorflow' not in sys.modules, 'the benchmark imported TensorFlow'"
+    )
+    env = {**os.environ, "CIFAR10_PATH": str(real_copy)}
+    if CACHE:
+        env["TUTORIAL_CACHE_DIR"] = CACHE  # share the decoded copy with the notebooks
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    has_torch = importlib.util.find_spec("torch") is not None
+    assert [line.get("impl") for line in printed] == (
+        ["jax", "pytorch", None] if has_torch else ["jax"]
+    )
+    for line in printed[:-1] if has_torch else printed:
+        assert line.keys() >= COMMON_KEYS
+        assert line["epochs"] == 2 and line["train_images"] == 2000
+        assert 0.0 <= line["test_acc"] <= 1.0 and line["epoch_s"] > 0
+    if has_torch:
+        assert printed[-1].keys() >= {"ratio_epoch_s", "ratio_first_epoch_s"}
+        # same weights, same batches, same maths: the two agree after two short epochs
+        assert printed[0]["final_train_loss"] == pytest.approx(
+            printed[1]["final_train_loss"], abs=2e-3
+        )
+    saved = [json.loads(line) for line in output.read_text().splitlines()]
+    assert saved == printed
