@@ -410,7 +410,8 @@ def whitening_kernel(images: jax.Array, eps: float = 5e-4) -> jax.Array:
     0-11, so the GELU after the layer keeps both signs of every component.
     """
     patches = patches_2x2(images.astype(jnp.float32))
-    covariance = patches.T @ patches / patches.shape[0]
+    # full float32 precision: on GPUs the default lets matmuls round inputs to TF32/bf16
+    covariance = jnp.matmul(patches.T, patches, precision="highest") / patches.shape[0]
     eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)  # ascending
     eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
     filters = eigenvectors / jnp.sqrt(eigenvalues + eps)  # column k: filter k
