@@ -26,7 +26,7 @@ log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
 
 if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   log "pip install --no-deps -e ."
-  "$PYTHON" -m pip install -q --no-deps -e . 2>&1 | tail -2
+  "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2  # offline: no build env
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/nvidia-smi.txt" 2>&1 || true
 "$PYTHON" -c 'import helpers; helpers.print_environment()' | tee "$OUT/environment.txt"
