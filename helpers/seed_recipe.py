@@ -11,10 +11,11 @@ same :func:`train_epoch`, so the benchmark times exactly what the reader runs.
 Why :func:`train_epoch` is fast on a CPU (measured on a shared 2-core CPU; see
 ``benchmarks/README.md``):
 
-- One compiled call per epoch: the model and optimizer are split into a graph
-  definition and plain arrays (``nnx.split``), one ``jax.jit`` function runs all
-  the steps of an epoch in a ``lax.fori_loop``, and the state buffers are donated
-  so XLA updates them in place.
+- The model and optimizer are split into a graph definition and plain arrays
+  (``nnx.split``) and the step is compiled with ``jax.jit``, its state buffers
+  donated so XLA updates them in place. On a GPU the whole epoch is one compiled
+  ``lax.scan``; on a CPU a Python loop calls the compiled step, because XLA:CPU
+  runs convolutions inside a loop body through a much slower path.
 - The images stay on the device as uint8 and each batch is converted to float32
   inside the compiled code.
 - :func:`max_pool_2x2` pools with a reshape and a max, whose gradient is far
