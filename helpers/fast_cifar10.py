@@ -868,13 +868,16 @@ class Run:
     ):
         self.config, self.data, self.seed, self.mesh = config, data, seed, mesh
         self.dtype = config.compute_dtype
+        self.steps_per_epoch = data.train_size // config.batch_size
+        if self.steps_per_epoch < 1:  # checked before anything compiles
+            raise ValueError(
+                f"{data.train_size} training images < batch {config.batch_size}: "
+                "use a smaller batch_size or more training images"
+            )
         rng = np.random.default_rng(seed)
         self.graphdef, state, self.compile_seconds = initial_state(config, seed)
         base_flip = rng.random(data.train_size) < 0.5
         self.hyper = make_hyper(config, state.params, base_flip)
-        self.steps_per_epoch = data.train_size // config.batch_size
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"{data.train_size} training images < batch {config.batch_size}")
         self.total_steps = math.ceil(self.steps_per_epoch * config.epochs)
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.plan = self._plan(rng)

@@ -46,6 +46,25 @@ def data() -> fc.DeviceData:
     return fc.put_on_device(synthetic_cifar())
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"translate": 3}, "translate must be 0 to 2, got 3"),
+        ({"tta": 5}, "tta must be 0, 1 or 2, got 5"),
+        ({"flip": "sometimes"}, "flip must be none, random or alternating, got 'sometimes'"),
+    ],
+)
+def test_config_rejects_bad_settings(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(fc.AIRBENCH94, **change)
+
+
+def test_run_rejects_a_batch_larger_than_the_training_set(data: fc.DeviceData) -> None:
+    too_big = dataclasses.replace(TINY, batch_size=data.train_size + 1)
+    with pytest.raises(ValueError, match="256 training images < batch 257: use a smaller"):
+        fc.Run(too_big, data)
+
+
 def test_whitening_layer_decorrelates_patches() -> None:
     rng = np.random.default_rng(1)
     images = rng.normal(size=(20, 9, 9, 3)) @ rng.normal(size=(3, 3))  # correlated channels
