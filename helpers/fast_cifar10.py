@@ -821,11 +821,6 @@ def compiled(
     return executable, seconds
 
 
-def clear_compiled() -> None:
-    """Forget the compiled functions (to measure compile time again)."""
-    _COMPILED.clear()
-
-
 # --- one run -----------------------------------------------------------------------
 
 
