@@ -29,12 +29,6 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "benchmarks" / "results" / "fast_cifar10.jsonl"
 
 
-def data_name() -> str:
-    """'official' when tensorflow-datasets supplies the data, else the local copy's file name."""
-    path = os.environ.get("CIFAR10_PATH")
-    return Path(path).name if path else "official"
-
-
 def benchmark(runs: int, smoke: bool, seed: int = 0) -> dict[str, Any]:
     """Compile, warm up, then time ``runs`` runs of the full recipe; return the summary."""
     import jax
@@ -65,7 +59,7 @@ def benchmark(runs: int, smoke: bool, seed: int = 0) -> dict[str, Any]:
         "compile_seconds": warmup.compile_seconds,
         # compile_seconds is far lower when a persistent cache already held the code
         "compilation_cache": bool(os.environ.get("JAX_COMPILATION_CACHE_DIR")),
-        "data": data_name(),
+        "data": helpers.data.source_name(),
         "accs": accuracies,
         "seconds": seconds,
         "acc_no_tta_mean": statistics.fmean(r.accuracy_by_tta[0] for r in results),

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_images": args.subset,
         "batch_size": seed_recipe.BATCH_SIZE,
         "malloc_tuned": tuned,
-        "data": Path(os.environ.get("CIFAR10_PATH") or "tensorflow-datasets").name,
+        "data": helpers.data.source_name(),
         "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),
     }

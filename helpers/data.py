@@ -120,6 +120,13 @@ def load_cifar10(path: str | os.PathLike[str] | None = None) -> CIFAR10:
     return _load_cached(source)
 
 
+def source_name(path: str | os.PathLike[str] | None = None) -> str:
+    """What :func:`load_cifar10` reads, for result records: the local copy's file name
+    (``path``, else ``$CIFAR10_PATH``), or ``"official"`` for tensorflow-datasets."""
+    path = path or os.environ.get("CIFAR10_PATH") or None
+    return Path(path).name if path else "official"
+
+
 # --- image folders and archives ---------------------------------------------------
 
 

@@ -207,3 +207,10 @@ def test_real_copy_loads_complete_and_fast_from_cache(real_copy: Path) -> None:
     )
     seconds = float(subprocess.check_output([sys.executable, "-c", script], text=True))
     assert seconds < 2.0, f"second load took {seconds:.2f} s"
+
+
+def test_source_name_names_what_load_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert data.source_name() == "official"
+    monkeypatch.setenv("CIFAR10_PATH", "/data/cifar10-jpeg.tar.gz")
+    assert data.source_name() == "cifar10-jpeg.tar.gz"
+    assert data.source_name("/elsewhere/cifar10-png") == "cifar10-png"
