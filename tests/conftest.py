@@ -17,6 +17,15 @@ TINY_COUNTS = {"train": 3, "test": 2}
 CONFIGURED_COPY = os.environ.get("CIFAR10_PATH")  # read before the fixtures unset it
 
 
+def learnable_images(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images whose class (0-9) is written in their mean brightness, and the labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, count).astype(np.int32)
+    noise = rng.integers(0, 40, (count, 32, 32, 3))
+    images = (labels[:, None, None, None] * 20 + noise).astype(np.uint8)
+    return images, labels
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty cache folder and no CIFAR10_PATH."""

@@ -20,6 +20,7 @@ from flax import nnx
 
 from helpers import fast_cifar10 as fc
 from helpers.data import CIFAR10
+from tests.conftest import learnable_images
 
 ROOT = Path(__file__).resolve().parents[1]
 # The benchmark's --smoke configuration and data shapes, so compiled code is shared.
@@ -27,17 +28,9 @@ TINY = dataclasses.replace(fc.smoke_config(fc.AIRBENCH94), epochs=2.0)
 
 
 def synthetic_cifar(train: int = 256, test: int = 64, seed: int = 0) -> CIFAR10:
-    """Images whose mean colour depends on the label, so a network can learn them fast."""
-    rng = np.random.default_rng(seed)
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = rng.integers(0, 10, n).astype(np.int32)
-        noise = rng.normal(0, 30, (n, 32, 32, 3))
-        images = np.clip(128 + noise + 10 * (labels[:, None, None, None] - 4.5), 0, 255)
-        return images.astype(np.uint8), labels
-
-    train_images, train_labels = split(train)
-    test_images, test_labels = split(test)
+    """A learnable stand-in for CIFAR-10 (see ``learnable_images``)."""
+    train_images, train_labels = learnable_images(train, seed)
+    test_images, test_labels = learnable_images(test, seed + 1)
     return CIFAR10(train_images, train_labels, test_images, test_labels)
 
 

@@ -13,15 +13,7 @@ import pytest
 from flax import nnx
 
 from helpers import seed_recipe
-
-
-def synthetic(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images whose class (0-9) is written in their mean brightness: learnable."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, count).astype(np.int32)
-    noise = rng.integers(0, 40, (count, 32, 32, 3))
-    images = (labels[:, None, None, None] * 20 + noise).astype(np.uint8)
-    return images, labels
+from tests.conftest import learnable_images
 
 
 def readable_step(model: nnx.Module, optimizer: nnx.Optimizer, x: np.ndarray, y: np.ndarray):
@@ -56,7 +48,7 @@ def test_model_shapes_and_parameter_count() -> None:
 
 
 def test_loss_decreases() -> None:
-    images, labels = synthetic(256)
+    images, labels = learnable_images(256)
     model = seed_recipe.SeedCNN(nnx.Rngs(0))
     optimizer = seed_recipe.make_optimizer(model)
     first = seed_recipe.train_epoch(model, optimizer, images, labels, batch_size=32)
@@ -70,7 +62,7 @@ def test_loss_decreases() -> None:
 
 @pytest.mark.parametrize("loop", ["python", "scan"])
 def test_fast_epoch_equals_readable_loop(loop: str) -> None:
-    images, labels = synthetic(100, seed=1)
+    images, labels = learnable_images(100, seed=1)
     fast = seed_recipe.SeedCNN(nnx.Rngs(3))
     fast_optimizer = seed_recipe.make_optimizer(fast)
     plain = seed_recipe.SeedCNN(nnx.Rngs(3))
@@ -88,7 +80,7 @@ def test_fast_epoch_equals_readable_loop(loop: str) -> None:
 
 
 def test_partial_batch_is_dropped_and_empty_epoch_refused() -> None:
-    images, labels = synthetic(70)
+    images, labels = learnable_images(70)
     model = seed_recipe.SeedCNN(nnx.Rngs(0))
     optimizer = seed_recipe.make_optimizer(model)
     assert seed_recipe.train_epoch(model, optimizer, images, labels, batch_size=32).shape == (2,)
@@ -99,7 +91,7 @@ def test_partial_batch_is_dropped_and_empty_epoch_refused() -> None:
 
 
 def test_predict_covers_a_last_partial_batch() -> None:
-    images, _ = synthetic(7)
+    images, _ = learnable_images(7)
     probabilities = seed_recipe.predict(seed_recipe.SeedCNN(nnx.Rngs(0)), images, batch_size=4)
     assert probabilities.shape == (7, 10)
 
