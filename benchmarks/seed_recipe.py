@@ -66,16 +66,21 @@ def run_jax(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     images = jnp.asarray(data.train_images[: args.subset])
     labels = jnp.asarray(data.train_labels[: args.subset])
     loop = args.jax_loop or seed_recipe.default_loop()
+    options = {**seed_recipe.default_compiler_options(), **dict(args.xla_option)}
     times = []
     for _ in range(args.epochs):
         start = time.perf_counter()
-        losses = seed_recipe.train_epoch(model, optimizer, images, labels, loop=loop)
+        losses = seed_recipe.train_epoch(
+            model, optimizer, images, labels, loop=loop, compiler_options=options
+        )
         jax.block_until_ready(losses)
         times.append(time.perf_counter() - start)
     _, accuracy = seed_recipe.evaluate(model, data.test_images, data.test_labels)
     run_jax.initial = initial  # PyTorch starts from the same weights
     name = cpu_name() if device.platform == "cpu" else device.device_kind
-    return result("jax", name, times, accuracy, float(losses[-1]), loop=loop, jax=jax.__version__)
+    extra = {"loop": loop, "chunks": seed_recipe.default_chunks(seed_recipe.BATCH_SIZE)}
+    extra |= {"compiler_options": options, "jax": jax.__version__}
+    return result("jax", name, times, accuracy, float(losses[-1]), **extra)
 
 
 def flat_params(model: Any) -> dict[str, Any]:
@@ -188,6 +193,19 @@ def device_report() -> str:
     return "\n".join(lines)
 
 
+def xla_option(text: str) -> tuple[str, bool | int | str]:
+    """``name=value`` -> (name, value), the value as a bool or int where it reads as one."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    try:
+        return name, int(value)
+    except ValueError:
+        return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -195,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", choices=["both", "jax", "pytorch"], default="both")
     parser.add_argument("--jax-loop", choices=["python", "scan"], default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--xla-option",
+        type=xla_option,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="XLA option for JAX's step or epoch (over seed_recipe.default_compiler_options)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import platform
 from typing import Any
 
@@ -44,10 +45,31 @@ LEARNING_RATE = 0.01
 MOMENTUM = 0.9  # Flux's Momentum(0.01) is learning rate 0.01 with momentum 0.9
 NUM_CLASSES = 10
 
+# XLA options (name -> value) as a hashable tuple, the key of the compiled-function caches
+CompilerOptions = tuple[tuple[str, Any], ...]
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
+
+
+# Device files of NVIDIA and AMD GPUs and of TPUs (Linux)
+_ACCELERATOR_DEVICE_FILES = ("/dev/nvidia0", "/dev/kfd", "/dev/accel0", "/dev/vfio/0")
+
+
+def accelerator_expected() -> bool:
+    """Whether JAX will probably run on a GPU or TPU, judged without starting JAX.
+
+    ``jax.default_backend()`` would answer exactly, but it starts JAX's runtime and its
+    threads, after which :func:`reuse_freed_memory` comes too late. So: the platforms
+    named in ``JAX_PLATFORMS`` if set, else whether the machine has a GPU or TPU
+    device file.
+    """
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() != "cpu"
+    return any(os.path.exists(path) for path in _ACCELERATOR_DEVICE_FILES)
 
 
 def reuse_freed_memory() -> bool:
@@ -65,10 +87,17 @@ def reuse_freed_memory() -> bool:
     Call it once, before the first JAX computation. It works fully in a fresh
     Python process; in a process whose other threads allocated memory before
     (a Jupyter kernel), glibc has already fixed its number of heaps, so XLA's worker
-    threads keep heaps of their own and only part of the faults go away. Returns
-    False where it does not apply (not Linux with glibc), True once applied.
+    threads keep heaps of their own and only part of the faults go away.
+
+    It is skipped where JAX will run on an accelerator (:func:`accelerator_expected`):
+    there XLA's compiler works in many threads, which then queue for the one heap
+    (compiling notebook 05's training epoch on an H200 took 23 s instead of 3 s).
+    Returns False where it does not apply (not Linux with glibc, or an accelerator),
+    True once applied.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if accelerator_expected():
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
@@ -129,38 +158,88 @@ def cross_entropy(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
 def _one_step(
     graphdef: nnx.GraphDef[Any],
     batch_size: int,
+    chunks: int,
     state: nnx.State,
     images: jax.Array,
     labels: jax.Array,
     step: jax.Array,
 ) -> tuple[nnx.State, jax.Array]:
-    """Train on batch number ``step`` of the device-resident data; pure, for jax.jit."""
+    """Train on batch number ``step`` of the device-resident data; pure, for jax.jit.
+
+    The batch's loss and gradient are the means over ``chunks`` equal slices of it,
+    each computed on its own (the same numbers as for the whole batch at once, up to
+    rounding; see :func:`default_chunks` for why).
+    """
     model, optimizer = nnx.merge(graphdef, state)
     start = step * batch_size
     x = to_float(jax.lax.dynamic_slice_in_dim(images, start, batch_size))
     y = jax.lax.dynamic_slice_in_dim(labels, start, batch_size)
-    loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
+    loss_and_grads = nnx.value_and_grad(lambda m, xs, ys: cross_entropy(m(xs), ys))
+    size = batch_size // chunks
+    loss, grads = loss_and_grads(model, x[:size], y[:size])
+    for first in range(size, batch_size, size):
+        chunk_loss, chunk_grads = loss_and_grads(
+            model, x[first : first + size], y[first : first + size]
+        )
+        loss = loss + chunk_loss
+        grads = jax.tree.map(jnp.add, grads, chunk_grads)
+    if chunks > 1:
+        loss = loss / chunks
+        grads = jax.tree.map(lambda g: g / chunks, grads)
     optimizer.update(model, grads)
     return nnx.state((model, optimizer)), loss
 
 
 @functools.cache
-def _compiled_step(graphdef: nnx.GraphDef[Any], batch_size: int) -> Any:
-    step = functools.partial(_one_step, graphdef, batch_size)
-    return jax.jit(step, donate_argnums=0)
+def _compiled_step(
+    graphdef: nnx.GraphDef[Any], batch_size: int, chunks: int, options: CompilerOptions
+) -> Any:
+    step = functools.partial(_one_step, graphdef, batch_size, chunks)
+    return jax.jit(step, donate_argnums=0, compiler_options=dict(options))
 
 
 @functools.cache
-def _compiled_epoch(graphdef: nnx.GraphDef[Any], batch_size: int, steps: int) -> Any:
+def _compiled_epoch(
+    graphdef: nnx.GraphDef[Any],
+    batch_size: int,
+    chunks: int,
+    steps: int,
+    options: CompilerOptions,
+) -> Any:
     def epoch(
         state: nnx.State, images: jax.Array, labels: jax.Array
     ) -> tuple[nnx.State, jax.Array]:
         def body(state: nnx.State, step: jax.Array) -> tuple[nnx.State, jax.Array]:
-            return _one_step(graphdef, batch_size, state, images, labels, step)
+            return _one_step(graphdef, batch_size, chunks, state, images, labels, step)
 
         return jax.lax.scan(body, state, jnp.arange(steps))
 
-    return jax.jit(epoch, donate_argnums=0)
+    return jax.jit(epoch, donate_argnums=0, compiler_options=dict(options))
+
+
+def default_chunks(batch_size: int) -> int:
+    """How many slices of a batch :func:`train_epoch` differentiates one at a time.
+
+    On a CPU, slices of 100-200 images: XLA:CPU's convolutions unfold their input
+    into a scratch buffer (235 MB for the first convolution of a batch of 1,000),
+    which no cache holds; for 100 images it is a tenth of that, and the convolutions'
+    weight gradients run about twice as fast. On a GPU, one piece (the whole batch
+    keeps the GPU busy). Always a divisor of ``batch_size``.
+    """
+    if jax.default_backend() != "cpu":
+        return 1
+    return next(k for k in range(max(batch_size // 100, 1), 0, -1) if batch_size % k == 0)
+
+
+def default_compiler_options() -> dict[str, Any]:
+    """XLA options :func:`train_epoch` compiles with: on a GPU, cuBLAS for matrix products.
+
+    By default XLA's GPU compiler generates its own (Triton) kernels for matrix
+    products and, to pick their tile sizes, compiles and times several candidates for
+    each product: half of the 3 s that compiling this recipe's epoch took on an H200.
+    For the dense layers of this small network cuBLAS is as fast and needs no search.
+    """
+    return {"xla_gpu_enable_triton_gemm": False} if jax.default_backend() == "gpu" else {}
 
 
 def default_loop() -> str:
@@ -175,6 +254,8 @@ def train_epoch(
     labels: jax.Array | np.ndarray,
     batch_size: int = BATCH_SIZE,
     loop: str | None = None,
+    chunks: int | None = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> jax.Array:
     """Train ``model`` for one epoch, in order, on mini-batches of ``batch_size``.
 
@@ -190,6 +271,12 @@ def train_epoch(
             the same updates. XLA:CPU runs the convolutions of a loop body through a
             much slower path, so ``"python"`` is faster on a CPU and ``"scan"``, which
             has no per-step dispatch cost, on a GPU. None picks :func:`default_loop`.
+        chunks: compute each batch's gradient in this many equal slices, one after
+            another (must divide ``batch_size``); None picks :func:`default_chunks`.
+        compiler_options: XLA options for compiling the step or epoch (as
+            ``jax.jit(..., compiler_options=...)``), on top of
+            :func:`default_compiler_options`; ``benchmarks/seed_recipe.py`` uses
+            them to measure alternatives.
 
     Returns:
         The loss of every step, shape (steps,).
@@ -198,13 +285,18 @@ def train_epoch(
     if steps == 0:
         raise ValueError(f"{len(images)} images make no batch of {batch_size}")
     loop = loop or default_loop()
+    chunks = chunks or default_chunks(batch_size)
+    if batch_size % chunks:
+        raise ValueError(f"chunks ({chunks}) must divide batch_size ({batch_size})")
     images = jnp.asarray(images)
     labels = jnp.asarray(labels)
     graphdef, state = nnx.split((model, optimizer))
+    options = tuple(sorted({**default_compiler_options(), **(compiler_options or {})}.items()))
     if loop == "scan":
-        state, losses = _compiled_epoch(graphdef, batch_size, steps)(state, images, labels)
+        epoch_fn = _compiled_epoch(graphdef, batch_size, chunks, steps, options)
+        state, losses = epoch_fn(state, images, labels)
     elif loop == "python":
-        step_fn = _compiled_step(graphdef, batch_size)
+        step_fn = _compiled_step(graphdef, batch_size, chunks, options)
         per_step = []
         for step in range(steps):
             state, loss = step_fn(state, images, labels, step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -60,14 +61,16 @@ def test_loss_decreases() -> None:
     assert 0.0 <= accuracy <= 1.0 and np.isfinite(loss)
 
 
-@pytest.mark.parametrize("loop", ["python", "scan"])
-def test_fast_epoch_equals_readable_loop(loop: str) -> None:
+@pytest.mark.parametrize(("loop", "chunks"), [("python", 1), ("scan", 1), ("python", 5)])
+def test_fast_epoch_equals_readable_loop(loop: str, chunks: int) -> None:
     images, labels = learnable_images(100, seed=1)
     fast = seed_recipe.SeedCNN(nnx.Rngs(3))
     fast_optimizer = seed_recipe.make_optimizer(fast)
     plain = seed_recipe.SeedCNN(nnx.Rngs(3))
     plain_optimizer = seed_recipe.make_optimizer(plain)
-    losses = seed_recipe.train_epoch(fast, fast_optimizer, images, labels, batch_size=25, loop=loop)
+    losses = seed_recipe.train_epoch(
+        fast, fast_optimizer, images, labels, batch_size=25, loop=loop, chunks=chunks
+    )
     expected = [
         readable_step(plain, plain_optimizer, images[i : i + 25], labels[i : i + 25])
         for i in range(0, 100, 25)
@@ -88,6 +91,32 @@ def test_partial_batch_is_dropped_and_empty_epoch_refused() -> None:
         seed_recipe.train_epoch(model, optimizer, images[:10], labels[:10], batch_size=32)
     with pytest.raises(ValueError, match="loop must be"):
         seed_recipe.train_epoch(model, optimizer, images, labels, batch_size=32, loop="while")
+    with pytest.raises(ValueError, match=r"chunks \(3\) must divide batch_size \(32\)"):
+        seed_recipe.train_epoch(model, optimizer, images, labels, batch_size=32, chunks=3)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's choices")
+def test_cpu_defaults_chunk_batches_into_100_to_200_images() -> None:
+    assert seed_recipe.default_chunks(1000) == 10
+    assert seed_recipe.default_chunks(1024) == 8  # 128 images each
+    assert seed_recipe.default_chunks(250) == 2  # 125 images each
+    assert seed_recipe.default_chunks(401) == 1  # a prime: no equal slices
+    assert seed_recipe.default_chunks(32) == 1
+    assert seed_recipe.default_compiler_options() == {}
+
+
+def test_accelerator_expected_reads_jax_platforms_then_device_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert not seed_recipe.accelerator_expected()
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert seed_recipe.accelerator_expected()
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setattr(seed_recipe.os.path, "exists", lambda path: path == "/dev/nvidia0")
+    assert seed_recipe.accelerator_expected()
+    monkeypatch.setattr(seed_recipe.os.path, "exists", lambda path: False)
+    assert not seed_recipe.accelerator_expected()
 
 
 def test_predict_covers_a_last_partial_batch() -> None:
@@ -101,5 +130,14 @@ def test_reuse_freed_memory_in_a_fresh_process() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    applies = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert result.stdout.strip() == str(applies)
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert result.stdout.strip() == str(glibc and not seed_recipe.accelerator_expected())
+    # never on an accelerator: there it slows XLA's multi-threaded compiler
+    on_gpu = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "JAX_PLATFORMS": "cuda"},
+    )
+    assert on_gpu.stdout.strip() == "False"
