@@ -20,9 +20,15 @@ Why :func:`train_epoch` is fast on a CPU (measured on a shared 2-core CPU; see
   inside the compiled code.
 - :func:`max_pool_2x2` pools with a reshape and a max, whose gradient is far
   cheaper on XLA:CPU than that of ``lax.reduce_window`` (``nnx.max_pool``).
+- On a CPU each batch's gradient is computed in slices of about 100 images
+  (:func:`default_chunks`), whose scratch buffers are ten times smaller.
 - :func:`reuse_freed_memory` stops glibc from handing every large temporary buffer
   back to the kernel: without it XLA:CPU maps about 600 MB of fresh memory per
   training step and spends most of the step in page faults.
+
+On a GPU, compiling the epoch is what a reader waits for; :func:`reuse_freed_memory`
+stays off there and :func:`default_compiler_options` skips XLA's search for matrix
+product kernels (23 s -> about 1.5 s on an H200).
 """
 
 from __future__ import annotations
