@@ -16,7 +16,7 @@ venv=${TUTORIAL_VENV:-.venv}
 jax_variant=${TUTORIAL_JAX:-cpu}
 # XLA:CPU allocates hundreds of MB of scratch memory per training step; by default glibc
 # returns it to the kernel and every step pays ~150,000 page faults (notebook 05, section
-# 8). Keeping freed memory for reuse makes CPU training 2-3x faster. Not with a GPU build
+# 8). Keeping freed memory for reuse made a training step there 1.7x faster. Not with a GPU build
 # of JAX: one shared heap slows XLA's multi-threaded GPU compiler (3 s -> 23 s on an
 # H200). Other C libraries and operating systems ignore the variable.
 if [[ "$jax_variant" == cpu ]]; then

@@ -51,3 +51,21 @@ def test_seed_recipe_benchmark_runs_without_tensorflow(real_copy: Path, tmp_path
         )
     saved = [json.loads(line) for line in output.read_text().splitlines()]
     assert saved == printed
+
+
+def test_xla_option_parses_name_value_pairs() -> None:
+    spec = importlib.util.spec_from_file_location("seed_recipe_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.xla_option("xla_gpu_autotune_level=0") == ("xla_gpu_autotune_level", 0)
+    assert benchmark.xla_option("xla_gpu_enable_triton_gemm=False") == (
+        "xla_gpu_enable_triton_gemm",
+        False,
+    )
+    assert benchmark.xla_option("xla_cpu_max_isa=AVX2") == ("xla_cpu_max_isa", "AVX2")
+    with pytest.raises(SystemExit):  # argparse prints "expected NAME=VALUE" and exits
+        benchmark.main(["--xla-option", "xla_gpu_autotune_level", "--no-save"])
+    for bad in ("no_equals_sign", "=1"):
+        with pytest.raises(Exception, match="expected NAME=VALUE"):
+            benchmark.xla_option(bad)
