@@ -189,11 +189,8 @@ def _one_step(
         )
         loss = loss + chunk_loss
         grads = jax.tree.map(jnp.add, grads, chunk_grads)
-    if chunks > 1:
-        loss = loss / chunks
-        grads = jax.tree.map(lambda g: g / chunks, grads)
-    optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), loss
+    optimizer.update(model, jax.tree.map(lambda g: g / chunks, grads))
+    return nnx.state((model, optimizer)), loss / chunks
 
 
 @functools.cache
