@@ -47,10 +47,9 @@ def benchmark(runs: int, smoke: bool, seed: int = 0) -> dict[str, Any]:
     results = [fc.train_and_evaluate(config, data, seed=seed + i) for i in range(runs)]
     accuracies = [r.accuracy for r in results]
     seconds = [r.seconds for r in results]
-    device = jax.devices()[0]
     return {
         "benchmark": "fast_cifar10",
-        "device": device.device_kind if device.platform != "cpu" else "cpu",
+        "device": fc.device_name(),
         "runs": runs,
         "acc_mean": statistics.fmean(accuracies),
         "acc_std": statistics.stdev(accuracies) if runs > 1 else 0.0,

@@ -99,8 +99,7 @@ def load_cifar10(path: str | os.PathLike[str] | None = None) -> CIFAR10:
         DatasetError: the copy is missing, incomplete or corrupt (the message names
             the file), or there is no local copy and no network to download one.
     """
-    if path is None:
-        path = os.environ.get("CIFAR10_PATH") or None
+    path = _local_copy(path)
     if path is None:
         return _load_with_tfds(data_dir=None)
     source = Path(path).expanduser()
@@ -123,8 +122,13 @@ def load_cifar10(path: str | os.PathLike[str] | None = None) -> CIFAR10:
 def source_name(path: str | os.PathLike[str] | None = None) -> str:
     """What :func:`load_cifar10` reads, for result records: the local copy's file name
     (``path``, else ``$CIFAR10_PATH``), or ``"official"`` for tensorflow-datasets."""
-    path = path or os.environ.get("CIFAR10_PATH") or None
+    path = _local_copy(path)
     return Path(path).name if path else "official"
+
+
+def _local_copy(path: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """``path``, else ``$CIFAR10_PATH``, else None (no local copy: tensorflow-datasets)."""
+    return path or os.environ.get("CIFAR10_PATH") or None
 
 
 # --- image folders and archives ---------------------------------------------------

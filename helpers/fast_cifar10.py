@@ -911,6 +911,19 @@ class Run:
             active=step < total,
         )
 
+    def _compile(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        static_key: Any,
+        donate: tuple[int, ...] = (),
+    ) -> Callable[..., Any]:
+        """:func:`compiled`, adding the seconds it took to ``compile_seconds``."""
+        executable, seconds = compiled(name, function, args, static_key, donate)
+        self.compile_seconds += seconds
+        return executable
+
     def _steps(self, start: int, stop: int) -> StepInputs:
         steps = jax.tree.map(lambda a: a[start:stop], self.plan)
         indices = self._sharding(None, "data")
@@ -929,8 +942,7 @@ class Run:
             )
 
         args = (images, self.hyper.mean, self.hyper.std)
-        fn, seconds = compiled("whiten", kernel_fn, args, self.config.whiten_eps)
-        self.compile_seconds += seconds
+        fn = self._compile("whiten", kernel_fn, args, self.config.whiten_eps)
         self.state = set_whitening(self.state, fn(*args))
 
     def train_range(self, start: int, stop: int) -> jax.Array:
@@ -943,8 +955,7 @@ class Run:
                 self._steps(start, stop))  # fmt: skip
         key = (config.static_key(), self.mesh is not None)
         donate = (0,) if config.donate else ()
-        executable, seconds = compiled("train_steps", fn, args, key, donate)
-        self.compile_seconds += seconds
+        executable = self._compile("train_steps", fn, args, key, donate)
         self.state, losses = executable(*args)
         return losses
 
@@ -960,8 +971,7 @@ class Run:
         fn = functools.partial(train_step, self.graphdef, dtype=self.dtype)
         args = (self.state, self.hyper, images, labels, step)
         donate = (0,) if config.donate else ()
-        executable, seconds = compiled("train_step", fn, args, config.static_key(), donate)
-        self.compile_seconds += seconds
+        executable = self._compile("train_step", fn, args, config.static_key(), donate)
         self.state, loss = executable(*args)
         return loss
 
@@ -985,8 +995,7 @@ class Run:
         )
         args = (self.state.params, self.state.batch_stats, self.data.test_images,
                 self.data.test_labels, self.hyper.mean, self.hyper.std)  # fmt: skip
-        executable, seconds = compiled("evaluate", fn, args, (config.static_key(), level, batch))
-        self.compile_seconds += seconds
+        executable = self._compile("evaluate", fn, args, (config.static_key(), level, batch))
         return np.asarray(executable(*args)) / self.data.test_size
 
 
@@ -1085,12 +1094,17 @@ def ablation_configs(
     return rows
 
 
+def device_name() -> str:
+    """The accelerator results are recorded for, e.g. "NVIDIA H200"; "cpu" without one."""
+    device = jax.devices()[0]
+    return device.device_kind if device.platform != "cpu" else "cpu"
+
+
 def result_record(label: str, result: Result) -> dict[str, Any]:
     """A JSON-ready summary of one run (one line of an ablation results file)."""
-    device = jax.devices()[0]
     return {
         "label": label,
-        "device": device.device_kind if device.platform != "cpu" else "cpu",
+        "device": device_name(),
         "seed": result.seed,
         "accuracy": result.accuracy,
         "accuracy_by_tta": list(result.accuracy_by_tta),
