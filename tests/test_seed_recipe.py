@@ -39,6 +39,80 @@ def test_max_pool_matches_flax() -> None:
     )
 
 
+def readable_conv_relu_pool(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    return seed_recipe.max_pool_2x2(nnx.relu(conv(x)))
+
+
+def test_space_to_depth_groups_each_2x2_block() -> None:
+    x = jnp.arange(2 * 4 * 4 * 3.0).reshape(2, 4, 4, 3)
+    blocks = seed_recipe.space_to_depth(x)
+    assert blocks.shape == (2, 2, 2, 12)
+    # pixel (row 1, column 0) of block (1, 1) is pixel (3, 2) of the image
+    np.testing.assert_array_equal(blocks[1, 1, 1, 6:9], x[1, 3, 2])
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "input_is_data"), [(32, 5, True), (14, 5, False), (12, 3, False)]
+)
+def test_conv_relu_pool_matches_the_readable_form(
+    size: int, kernel: int, input_is_data: bool
+) -> None:
+    conv = nnx.Conv(3, 8, kernel_size=(kernel, kernel), padding="VALID", rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, size, size, 3))
+    weights = jax.random.normal(
+        jax.random.key(2), (4, (size - kernel + 1) // 2, (size - kernel + 1) // 2, 8)
+    )
+
+    def loss(conv: nnx.Conv, fast: bool) -> jax.Array:
+        if fast:
+            out = seed_recipe.conv_relu_pool(conv, x, input_is_data=input_is_data)
+        else:
+            out = readable_conv_relu_pool(conv, x)
+        return jnp.sum(out * weights)
+
+    with jax.default_matmul_precision("highest"):
+        fast_value, fast_grads = nnx.value_and_grad(loss)(conv, True)
+        value, grads = nnx.value_and_grad(loss)(conv, False)
+    np.testing.assert_allclose(fast_value, value, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_relu_pool_computes_other_convolutions_as_written() -> None:
+    x = jax.random.normal(
+        jax.random.key(1), (2, 13, 13, 3)
+    )  # odd: the last row and column are dropped
+    for conv in [
+        nnx.Conv(3, 4, kernel_size=(5, 5), padding="VALID", rngs=nnx.Rngs(0)),
+        nnx.Conv(3, 4, kernel_size=(4, 4), padding="VALID", rngs=nnx.Rngs(0)),
+        nnx.Conv(3, 4, kernel_size=(5, 5), padding="SAME", rngs=nnx.Rngs(0)),
+    ]:
+        np.testing.assert_array_equal(
+            seed_recipe.conv_relu_pool(conv, x), readable_conv_relu_pool(conv, x)
+        )
+
+
+def test_seed_cnn_is_the_readable_network() -> None:
+    class Readable(seed_recipe.SeedCNN):
+        def __call__(self, x: jax.Array) -> jax.Array:
+            x = readable_conv_relu_pool(self.conv2, readable_conv_relu_pool(self.conv1, x))
+            x = self.dense3(self.dense2(self.dense1(x.reshape(x.shape[0], -1))))
+            return nnx.softmax(x)
+
+    images, labels = learnable_images(16)
+    x = seed_recipe.to_float(jnp.asarray(images))
+
+    def loss(model: nnx.Module) -> jax.Array:
+        return seed_recipe.cross_entropy(model(x), labels)
+
+    with jax.default_matmul_precision("highest"):
+        value, grads = nnx.value_and_grad(loss)(seed_recipe.SeedCNN(nnx.Rngs(0)))
+        expected, expected_grads = nnx.value_and_grad(loss)(Readable(nnx.Rngs(0)))
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_model_shapes_and_parameter_count() -> None:
     model = seed_recipe.SeedCNN(nnx.Rngs(0))
     probabilities = model(jnp.zeros((3, 32, 32, 3)))
@@ -105,7 +179,11 @@ def test_cpu_defaults_chunk_batches_into_100_to_200_images() -> None:
     assert seed_recipe.default_chunks(250) == 2  # 125 images each
     assert seed_recipe.default_chunks(401) == 1  # a prime: no equal slices
     assert seed_recipe.default_chunks(32) == 1
-    assert seed_recipe.default_compiler_options() == {}
+    # YNNPACK for matrix products only, where this XLA knows the (experimental) option
+    assert seed_recipe.default_compiler_options() in (
+        {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+        {},
+    )
 
 
 def test_accelerator_expected_reads_jax_platforms_then_device_files(
