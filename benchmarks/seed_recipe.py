@@ -13,7 +13,8 @@ only JAX runs. Data: ``helpers.load_cifar10()``, so ``CIFAR10_PATH`` picks a loc
 
 Output: one JSON line per implementation (``impl``, ``device``, ``epochs``,
 ``epoch_s``: median seconds per epoch after the first, ``first_epoch_s``: the first
-epoch, compilation included, ``test_acc``, ...), then one line with
+epoch, compilation included, ``test_acc``, ...; for JAX also ``compile_s``, the part of
+the first epoch XLA spent compiling), then one line with
 ``ratio_epoch_s`` and ``ratio_first_epoch_s`` (JAX / PyTorch). Lines are appended to
 ``benchmarks/results/seed_recipe.jsonl`` unless ``--no-save``.
 """
@@ -59,6 +60,15 @@ def run_jax(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     import jax.numpy as jnp
     from flax import nnx
 
+    # JAX reports how long XLA took to compile each function
+    compile_durations: list[float] = []
+
+    def record(event: str, seconds: float, **_: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compile_durations.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(record)
+
     device = jax.devices()[0]
     model = seed_recipe.SeedCNN(nnx.Rngs(args.seed))
     initial = {k: v.copy() for k, v in flat_params(model).items()}
@@ -68,18 +78,22 @@ def run_jax(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     loop = args.jax_loop or seed_recipe.default_loop()
     options = {**seed_recipe.default_compiler_options(), **dict(args.xla_option)}
     times = []
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
+        compiled_before = len(compile_durations)
         start = time.perf_counter()
         losses = seed_recipe.train_epoch(
             model, optimizer, images, labels, loop=loop, compiler_options=options
         )
         jax.block_until_ready(losses)
         times.append(time.perf_counter() - start)
+        if epoch == 0:
+            compile_s = sum(compile_durations[compiled_before:])
     _, accuracy = seed_recipe.evaluate(model, data.test_images, data.test_labels)
     run_jax.initial = initial  # PyTorch starts from the same weights
     name = cpu_name() if device.platform == "cpu" else device.device_kind
     extra = {"loop": loop, "chunks": seed_recipe.default_chunks(seed_recipe.BATCH_SIZE)}
-    extra |= {"compiler_options": options, "jax": jax.__version__}
+    extra |= {"compile_s": round(compile_s, 4), "compiler_options": options}
+    extra |= {"jax": jax.__version__}
     return result("jax", name, times, accuracy, float(losses[-1]), **extra)
 
 

@@ -43,6 +43,7 @@ def test_seed_recipe_benchmark_runs_without_tensorflow(real_copy: Path, tmp_path
         assert line.keys() >= COMMON_KEYS
         assert line["epochs"] == 2 and line["train_images"] == 2000
         assert 0.0 <= line["test_acc"] <= 1.0 and line["epoch_s"] > 0
+    assert 0 < printed[0]["compile_s"] < printed[0]["first_epoch_s"]
     if has_torch:
         assert printed[-1].keys() >= {"ratio_epoch_s", "ratio_first_epoch_s"}
         # same weights, same batches, same maths: the two agree after two short epochs
