@@ -79,14 +79,18 @@ def test_conv_relu_pool_matches_the_readable_form(
 
 
 def test_conv_relu_pool_computes_other_convolutions_as_written() -> None:
-    x = jax.random.normal(
-        jax.random.key(1), (2, 13, 13, 3)
-    )  # odd: the last row and column are dropped
-    for conv in [
-        nnx.Conv(3, 4, kernel_size=(5, 5), padding="VALID", rngs=nnx.Rngs(0)),
-        nnx.Conv(3, 4, kernel_size=(4, 4), padding="VALID", rngs=nnx.Rngs(0)),
-        nnx.Conv(3, 4, kernel_size=(5, 5), padding="SAME", rngs=nnx.Rngs(0)),
-    ]:
+    even = jax.random.normal(jax.random.key(1), (2, 12, 12, 3))
+    odd = even[:, :11, :11]  # pooling then drops the last row and column
+    cases = [  # each breaks one condition of the blocked computation
+        (nnx.Conv(3, 4, kernel_size=(4, 4), padding="VALID", rngs=nnx.Rngs(0)), even),
+        (nnx.Conv(3, 4, kernel_size=(5, 5), padding="SAME", rngs=nnx.Rngs(0)), even),
+        (
+            nnx.Conv(3, 4, kernel_size=(5, 5), padding="VALID", use_bias=False, rngs=nnx.Rngs(0)),
+            even,
+        ),
+        (nnx.Conv(3, 4, kernel_size=(5, 5), padding="VALID", rngs=nnx.Rngs(0)), odd),
+    ]
+    for conv, x in cases:
         np.testing.assert_array_equal(
             seed_recipe.conv_relu_pool(conv, x), readable_conv_relu_pool(conv, x)
         )
