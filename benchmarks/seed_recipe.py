@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -71,7 +72,6 @@ def run_jax(data: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     device = jax.devices()[0]
     model = seed_recipe.SeedCNN(nnx.Rngs(args.seed))
-    initial = {k: v.copy() for k, v in flat_params(model).items()}
     optimizer = seed_recipe.make_optimizer(model)
     images = jnp.asarray(data.train_images[: args.subset])
     labels = jnp.asarray(data.train_labels[: args.subset])
@@ -89,7 +89,6 @@ def run_jax(data: Any, args: argparse.Namespace) -> dict[str, Any]:
         if epoch == 0:
             compile_s = sum(compile_durations[compiled_before:])
     _, accuracy = seed_recipe.evaluate(model, data.test_images, data.test_labels)
-    run_jax.initial = initial  # PyTorch starts from the same weights
     name = cpu_name() if device.platform == "cpu" else device.device_kind
     extra = {"loop": loop, "chunks": seed_recipe.default_chunks(seed_recipe.BATCH_SIZE)}
     extra |= {"compile_s": round(compile_s, 4), "compiler_options": options}
@@ -97,15 +96,16 @@ def run_jax(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     return result("jax", name, times, accuracy, float(losses[-1]), **extra)
 
 
-def flat_params(model: Any) -> dict[str, Any]:
+def initial_weights(seed: int) -> dict[str, Any]:
+    """JAX's initial SeedCNN weights for this seed, as NumPy arrays ("conv1.kernel", ...)."""
     import numpy as np
     from flax import nnx
 
+    model = seed_recipe.SeedCNN(nnx.Rngs(seed))
     return {
-        f"{layer}.{name}": np.asarray(getattr(getattr(model, layer), name)[...])
+        f"{layer}.{name}": np.array(getattr(getattr(model, layer), name)[...])
         for layer in ("conv1", "conv2", "dense1", "dense2", "dense3")
         for name in ("kernel", "bias")
-        if isinstance(getattr(getattr(model, layer), name), nnx.Param)
     }
 
 
@@ -133,7 +133,7 @@ def run_pytorch(data: Any, args: argparse.Namespace, initial: dict[str, Any]) ->
     with torch.no_grad():  # JAX's initial weights: HWIO -> OIHW, (in, out) -> (out, in)
         for key, value in initial.items():
             layer, name = key.split(".")
-            tensor = torch.from_numpy(value.copy())
+            tensor = torch.from_numpy(value)
             if name == "kernel":
                 tensor = tensor.permute(3, 2, 0, 1) if tensor.ndim == 4 else tensor.T
             target = (
@@ -244,8 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device-report", action="store_true", help="print devices first")
     args = parser.parse_args(argv)
-    if not 1 <= args.subset <= TRAIN_IMAGES or args.subset < seed_recipe.BATCH_SIZE:
+    if not seed_recipe.BATCH_SIZE <= args.subset <= TRAIN_IMAGES:
         parser.error(f"--subset must be between {seed_recipe.BATCH_SIZE} and {TRAIN_IMAGES}")
+    impls = ["jax", "pytorch"] if args.impl == "both" else [args.impl]
+    if "pytorch" in impls and importlib.util.find_spec("torch") is None:
+        if args.impl == "pytorch":
+            parser.error("PyTorch is not installed (pip install -e .[bench])")
+        print("PyTorch not installed: timing JAX only", file=sys.stderr)
+        impls.remove("pytorch")
     tuned = False if args.default_malloc else seed_recipe.reuse_freed_memory()
     if args.device_report:
         print(device_report(), file=sys.stderr, flush=True)
@@ -262,21 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
     }
     lines = []
-    impls = ["jax", "pytorch"] if args.impl == "both" else [args.impl]
-    if "pytorch" in impls:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            if args.impl == "pytorch":
-                parser.error("PyTorch is not installed (pip install -e .[bench])")
-            print("PyTorch not installed: timing JAX only", file=sys.stderr)
-            impls.remove("pytorch")
-    jax_line = run_jax(data, args)
     if "jax" in impls:
-        lines.append({**jax_line, **common})
+        lines.append({**run_jax(data, args), **common})
         print(json.dumps(lines[-1]), flush=True)
-    if "pytorch" in impls:
-        lines.append({**run_pytorch(data, args, run_jax.initial), **common})
+    if "pytorch" in impls:  # from the same initial weights as JAX
+        lines.append({**run_pytorch(data, args, initial_weights(args.seed)), **common})
         print(json.dumps(lines[-1]), flush=True)
     if len(lines) == 2:
         ratios = {

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,11 +55,35 @@ def test_seed_recipe_benchmark_runs_without_tensorflow(real_copy: Path, tmp_path
     assert saved == printed
 
 
-def test_xla_option_parses_name_value_pairs() -> None:
+def load_benchmark() -> Any:
     spec = importlib.util.spec_from_file_location("seed_recipe_benchmark", SCRIPT)
     assert spec is not None and spec.loader is not None
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_bad_arguments_stop_before_any_data_is_loaded(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    benchmark = load_benchmark()
+    for subset in ("999", "49001"):
+        with pytest.raises(SystemExit):
+            benchmark.main(["--subset", subset, "--no-save"])
+        assert "--subset must be between 1000 and 49000" in capsys.readouterr().err
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch" else find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit):
+        benchmark.main(["--impl", "pytorch", "--no-save"])
+    assert "PyTorch is not installed (pip install -e .[bench])" in capsys.readouterr().err
+
+
+def test_xla_option_parses_name_value_pairs() -> None:
+    benchmark = load_benchmark()
     assert benchmark.xla_option("xla_gpu_autotune_level=0") == ("xla_gpu_autotune_level", 0)
     assert benchmark.xla_option("xla_gpu_enable_triton_gemm=False") == (
         "xla_gpu_enable_triton_gemm",
