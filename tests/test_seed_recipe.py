@@ -190,6 +190,13 @@ def test_cpu_defaults_chunk_batches_into_100_to_200_images() -> None:
     )
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's options")
+def test_cpu_options_this_xla_does_not_know_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    unknown = (("xla_cpu_option_that_does_not_exist", True),)
+    monkeypatch.setattr(seed_recipe, "_CPU_OPTIONS", unknown)
+    assert seed_recipe.default_compiler_options() == {}
+
+
 def test_accelerator_expected_reads_jax_platforms_then_device_files(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
