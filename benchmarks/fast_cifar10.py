@@ -2,6 +2,7 @@
 
     python benchmarks/fast_cifar10.py --runs 5     # on a GPU; appends to results/fast_cifar10.jsonl
     python benchmarks/fast_cifar10.py --smoke      # a few steps on a CPU, to check it works
+    python benchmarks/fast_cifar10.py --recipe airbench94_muon   # the Muon variant
 
 The data come from ``helpers.load_cifar10()`` (``CIFAR10_PATH`` for a local copy).
 ``seconds_per_run`` is the wall time of one run (whitening, training, test-time
@@ -27,17 +28,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results" / "fast_cifar10.jsonl"
+RECIPES = ("airbench94", "airbench94_muon")
 
 
-def benchmark(runs: int, smoke: bool, seed: int = 0) -> dict[str, Any]:
-    """Compile, warm up, then time ``runs`` runs of the full recipe; return the summary."""
+def benchmark(runs: int, smoke: bool, seed: int = 0, recipe: str = "airbench94") -> dict[str, Any]:
+    """Compile, warm up, then time ``runs`` runs of ``recipe``; return the summary."""
     import jax
 
     import helpers
     from helpers import fast_cifar10 as fc
 
     cifar = helpers.load_cifar10()
-    config = fc.AIRBENCH94
+    config = fc.AIRBENCH94 if recipe == "airbench94" else fc.AIRBENCH94_MUON
     sizes: tuple[int | None, int | None] = (None, None)
     if smoke:
         config = dataclasses.replace(fc.smoke_config(config), epochs=1.0)
@@ -49,6 +51,7 @@ def benchmark(runs: int, smoke: bool, seed: int = 0) -> dict[str, Any]:
     seconds = [r.seconds for r in results]
     return {
         "benchmark": "fast_cifar10",
+        "recipe": recipe,
         "device": fc.device_name(),
         "runs": runs,
         "acc_mean": statistics.fmean(accuracies),
@@ -76,10 +79,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=int, default=5, help="timed runs (default 5)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a subset (CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first timed run")
+    parser.add_argument("--recipe", choices=RECIPES, default="airbench94", help="which recipe")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    result = benchmark(args.runs, args.smoke, args.seed)
+    result = benchmark(args.runs, args.smoke, args.seed, args.recipe)
     print(json.dumps(result), flush=True)
     if not args.smoke and result["device"] != "cpu":
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

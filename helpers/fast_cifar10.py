@@ -3,7 +3,9 @@
 This ports the network and hyperparameters of airbench94 (Keller Jordan, "94% on
 CIFAR-10 in 3.29 seconds on a single GPU", 2024, arXiv:2404.00498) to JAX. Notebook
 06 builds it up one idea at a time; every row of its ablation table is
-:func:`train_and_evaluate` with a different :class:`Config`.
+:func:`train_and_evaluate` with a different :class:`Config`. :data:`AIRBENCH94_MUON`
+is its successor airbench94_muon, which trains the convolution filters with the Muon
+optimiser (:func:`muon_update`).
 
 How the code is organised, and why:
 
@@ -54,7 +56,10 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 PAD = 2
 Flip = Literal["none", "random", "alternating"]
 #: Config fields that change the compiled code; all other fields reach it as data.
-STATIC_FIELDS = ("model", "widths", "dtype", "batchnorm_momentum", "logit_scale")
+STATIC_FIELDS = ("model", "widths", "dtype", "batchnorm_momentum", "logit_scale", "head_init")
+#: Muon's quintic Newton-Schulz iteration (coefficients and steps of airbench94_muon).
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NEWTON_SCHULZ_STEPS = 3
 
 
 # --- configuration -----------------------------------------------------------------
@@ -74,11 +79,15 @@ class Config:
         translate: random shifts of up to this many pixels (0 or up to ``PAD``).
         label_smoothing: weight of the uniform distribution mixed into the targets.
         optimizer: ``"momentum"`` (notebook 05: SGD, learning rate 0.01, momentum 0.9,
-            constant) or ``"nesterov"`` (airbench: Nesterov SGD with ``lr``,
-            ``momentum``, ``weight_decay``, ``bias_scaler`` and a warm-up/decay schedule).
+            constant), ``"nesterov"`` (airbench: Nesterov SGD with ``lr``,
+            ``momentum``, ``weight_decay``, ``bias_scaler`` and a warm-up/decay schedule)
+            or ``"muon"`` (airbench94_muon: the conv blocks' filters by Muon with
+            ``muon_lr`` and ``muon_momentum``, every other parameter as ``"nesterov"``,
+            and the whitening bias in the bias group).
         whiten: first layer initialised from the whitening transform of 2x2 image
-            patches and frozen (its bias trains for ``whiten_bias_epochs``);
-            otherwise the same layer is an ordinary trainable convolution.
+            patches and frozen (its bias trains for ``whiten_bias_epochs``, following the
+            main schedule, or with ``whiten_bias_decay`` a linear decay to zero over
+            those epochs); otherwise the same layer is an ordinary trainable convolution.
         lookahead: every 5 steps, pull the weights towards their moving average.
         tta: test-time augmentation: 0 none, 1 mirror, 2 mirror and 1-pixel shifts.
 
@@ -97,7 +106,7 @@ class Config:
     flip: Flip = "alternating"
     translate: int = 2
     label_smoothing: float = 0.2
-    optimizer: Literal["momentum", "nesterov"] = "nesterov"
+    optimizer: Literal["momentum", "nesterov", "muon"] = "nesterov"
     whiten: bool = True
     lookahead: bool = True
     tta: int = 2
@@ -116,10 +125,16 @@ class Config:
     lr_start: float = 0.2
     lr_end: float = 0.07
     whiten_bias_epochs: int = 3
+    whiten_bias_decay: bool = False
     whiten_eps: float = 5e-4
     whiten_images: int = 5000
     batchnorm_momentum: float = 0.6
     logit_scale: float = 1 / 9
+    #: "uniform": PyTorch's default init of the linear head; "unit_std": the same, then
+    #: scaled to standard deviation 1 (airbench94_muon)
+    head_init: Literal["uniform", "unit_std"] = "uniform"
+    muon_lr: float = 0.24
+    muon_momentum: float = 0.6
     lookahead_every: int = 5
     #: 0: lookahead as airbench94.py (averaging from the first step). N > 0: as the
     #: ``airbench`` package's ``train`` (and an earlier airbench94.py): the average starts
@@ -134,6 +149,12 @@ class Config:
             raise ValueError(f"tta must be 0, 1 or 2, got {self.tta}")
         if self.flip not in ("none", "random", "alternating"):
             raise ValueError(f"flip must be none, random or alternating, got {self.flip!r}")
+        if self.optimizer not in ("momentum", "nesterov", "muon"):
+            raise ValueError(
+                f"optimizer must be momentum, nesterov or muon, got {self.optimizer!r}"
+            )
+        if self.optimizer == "muon" and self.model != "airbench":
+            raise ValueError("optimizer 'muon' needs model 'airbench' (it updates its conv blocks)")
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -146,6 +167,26 @@ class Config:
 
 #: airbench94 as published (the defaults of :class:`Config`).
 AIRBENCH94 = Config()
+# airbench94_muon gives its SGD numbers for PyTorch's SGD on the summed loss; a Config
+# gives them per 1,024 examples, times Nesterov's amplification (see optimizer_settings).
+_KILOSTEP = 1024 * (1 + 1 / (1 - 0.85))
+#: airbench94_muon (Jordan, github.com/KellerJordan/cifar10-airbench): Muon for the
+#: filters, batch 2,000 for 8 epochs, a linear decay to zero, no lookahead, logits
+#: divided by the width (256) of a head with unit standard deviation.
+AIRBENCH94_MUON = Config(
+    optimizer="muon",
+    lookahead=False,
+    epochs=8.0,
+    batch_size=2000,
+    lr=0.67 * _KILOSTEP,  # the head's summed-loss learning rate 0.67
+    bias_scaler=0.053 / 0.67,  # biases (whitening and batch norm): 0.053
+    weight_decay=2e-6 * _KILOSTEP,  # learning rate x decay = 2e-6 x batch size per step
+    warmup_fraction=0.0,
+    lr_end=0.0,
+    whiten_bias_decay=True,
+    logit_scale=1 / 256,
+    head_init="unit_std",
+)
 #: Notebook 05's recipe expressed as a Config: small network, raw pixels, plain momentum.
 BASELINE = Config(
     model="lenet",
@@ -304,6 +345,12 @@ def dirac_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -
     return kernel.at[height // 2, width // 2, diagonal, diagonal].set(1)
 
 
+def unit_std_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """PyTorch's default init, rescaled to standard deviation 1 (airbench94_muon's head)."""
+    kernel = torch_uniform_init(key, shape, jnp.float32)
+    return (kernel / jnp.std(kernel)).astype(dtype)
+
+
 def gelu(x: jax.Array) -> jax.Array:
     """The exact (erf) GELU, as PyTorch's default."""
     return jax.nn.gelu(x, approximate=False)
@@ -353,8 +400,9 @@ class AirbenchNet(nnx.Module):
         self.group1 = ConvGroup(24, w1, config, rngs)
         self.group2 = ConvGroup(w1, w2, config, rngs)
         self.group3 = ConvGroup(w2, w3, config, rngs)
+        head_init = unit_std_init if config.head_init == "unit_std" else torch_uniform_init
         self.head = nnx.Linear(
-            w3, 10, use_bias=False, dtype=dtype, kernel_init=torch_uniform_init, rngs=rngs
+            w3, 10, use_bias=False, dtype=dtype, kernel_init=head_init, rngs=rngs
         )
         self.logit_scale = config.logit_scale
 
@@ -436,6 +484,7 @@ class Hyper(NamedTuple):
     lr: Any  # per-parameter learning rate (a tree like the parameters)
     weight_decay: Any  # per-parameter coupled weight decay
     whiten_bias: Any  # per-parameter 1.0 for the whitening bias (frozen by step input)
+    muon_momentum: Any = None  # optimizer "muon" only (else None: the step has no Muon)
 
 
 class StepInputs(NamedTuple):
@@ -445,7 +494,7 @@ class StepInputs(NamedTuple):
     key: jax.Array  # (S, 2) uint32: raw PRNG key data for the augmentation
     lr: jax.Array  # (S,) learning-rate multiplier (the schedule)
     odd_epoch: jax.Array  # (S,) bool
-    train_whiten_bias: jax.Array  # (S,) float 0/1
+    train_whiten_bias: jax.Array  # (S,) factor on the whitening bias's lr (0: frozen)
     lookahead: jax.Array  # (S,) bool: pull towards the average after this step
     lookahead_decay: jax.Array  # (S,)
     active: jax.Array  # (S,) bool: False for padding steps (skipped)
@@ -463,6 +512,7 @@ def optimizer_settings(config: Config) -> dict[str, float]:
     """
     if config.optimizer == "momentum":
         return {"lr": 0.01, "lr_bias": 0.01, "wd": 0.0, "wd_bias": 0.0, "momentum": 0.9}
+    # (Muon's step does not depend on the gradient's scale, so muon_lr needs no conversion.)
     kilostep_scale = 1024 * (1 + 1 / (1 - config.momentum))
     lr = config.lr / kilostep_scale * config.batch_size  # per step, for the mean loss
     decay = config.weight_decay * config.batch_size / kilostep_scale  # lr * coupled decay
@@ -484,17 +534,22 @@ def make_hyper(config: Config, params: nnx.State, base_flip: np.ndarray) -> Hype
     """The per-run data of the compiled step for ``config`` and the model's parameters."""
     settings = optimizer_settings(config)
 
+    muon = config.optimizer == "muon"
+
     def per_leaf(path: tuple[Any, ...], _: Any, which: str) -> np.ndarray:
         names = _path_names(path)
         is_norm_bias = any(n.startswith("norm") for n in names) and "bias" in names
         is_whiten = "whiten" in names and config.whiten
+        in_bias_group = is_norm_bias or (muon and "bias" in names)
         if which == "whiten_bias":
             return np.float32(is_whiten and "bias" in names)
         if which == "lr":
             if is_whiten and "kernel" in names:
                 return np.float32(0.0)  # frozen
-            return np.float32(settings["lr_bias" if is_norm_bias else "lr"])
-        return np.float32(settings["wd_bias" if is_norm_bias else "wd"])
+            if muon and is_muon_filter(path):
+                return np.float32(config.muon_lr)
+            return np.float32(settings["lr_bias" if in_bias_group else "lr"])
+        return np.float32(settings["wd_bias" if in_bias_group else "wd"])
 
     def tree(which: str) -> Any:
         return jax.tree_util.tree_map_with_path(functools.partial(per_leaf, which=which), params)
@@ -508,10 +563,11 @@ def make_hyper(config: Config, params: nnx.State, base_flip: np.ndarray) -> Hype
         base_flip=base_flip,
         label_smoothing=np.float32(config.label_smoothing),
         momentum=np.float32(settings["momentum"]),
-        nesterov=np.bool_(config.optimizer == "nesterov"),
+        nesterov=np.bool_(config.optimizer in ("nesterov", "muon")),
         lr=tree("lr"),
         weight_decay=tree("weight_decay"),
         whiten_bias=tree("whiten_bias"),
+        muon_momentum=np.float32(config.muon_momentum) if muon else None,
     )
 
 
@@ -534,6 +590,65 @@ def sgd_update(
         lambda p, s, lr, gate_: p - lr * lr_factor * gate_ * s, params, steps, hyper.lr, gate
     )
     return params, velocity
+
+
+def is_muon_filter(path: tuple[Any, ...]) -> bool:
+    """Whether Muon updates this parameter: the 3x3 filters of the conv blocks."""
+    names = _path_names(path)
+    return "kernel" in names and any(n.startswith("conv") for n in names)
+
+
+def newton_schulz(matrix: jax.Array) -> jax.Array:
+    """Approximately orthogonalise ``matrix`` in bfloat16, as airbench94_muon does.
+
+    With ``X`` the matrix divided by its Frobenius norm (so every singular value is at
+    most 1), each step maps ``X -> a X + b (X X^T) X + c (X X^T)^2 X``: the singular
+    vectors stay, each singular value ``s`` becomes ``a s + b s^3 + c s^5``, which
+    pushes small ones up fast (slope ``a`` at 0) and all of them towards 1 (to about
+    0.5-1.5 after 3 steps). The result keeps the gradient's directions, not their sizes.
+    """
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    x = matrix.astype(jnp.bfloat16)
+    x = x / (jnp.linalg.norm(x) + 1e-7)
+    wide = x.shape[0] <= x.shape[1]
+    x = x if wide else x.T  # X X^T is the smaller square
+    for _ in range(NEWTON_SCHULZ_STEPS):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+def muon_update(
+    params: Any, grads: Any, velocity: Any, hyper: Hyper, lr_factor: jax.Array, gate: Any
+) -> tuple[Any, Any]:
+    """airbench94_muon's step: Muon for the blocks' filters, :func:`sgd_update` for the rest.
+
+    For each filter (kernel ``(3, 3, in, out)``): ``v = mu * v + g``; the Nesterov
+    direction ``g + mu * v``, as an ``(in * 9, out)`` matrix, is orthogonalised
+    (:func:`newton_schulz`); the filter is rescaled to norm ``sqrt(out)`` (weight
+    normalisation, as the batch norm after it ignores the scale anyway), then
+    ``p -= lr * lr_factor * update``. No weight decay.
+    """
+    sgd_params, sgd_velocity = sgd_update(params, grads, velocity, hyper, lr_factor, gate)
+    mu = hyper.muon_momentum
+
+    def leaf(path: tuple[Any, ...], p: Any, g: Any, v: Any, lr: Any, new_p: Any, new_v: Any):
+        if not is_muon_filter(path):
+            return new_p, new_v
+        v = mu * v + g
+        direction = (g + mu * v).reshape(-1, p.shape[-1]).T  # (out, in * 9)
+        update = newton_schulz(direction).T.reshape(p.shape).astype(p.dtype)
+        p = p * (jnp.sqrt(p.shape[-1]) / jnp.linalg.norm(p))
+        return p - lr * lr_factor * update, v
+
+    pairs = jax.tree_util.tree_map_with_path(
+        leaf, params, grads, velocity, hyper.lr, sgd_params, sgd_velocity
+    )
+    is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
+    return (
+        jax.tree.map(lambda pair: pair[0], pairs, is_leaf=is_pair),
+        jax.tree.map(lambda pair: pair[1], pairs, is_leaf=is_pair),
+    )
 
 
 def lr_schedule(total_steps: int, config: Config) -> np.ndarray:
@@ -667,7 +782,8 @@ def train_step(
         state.params, state.batch_stats, graphdef, x, labels, hyper.label_smoothing
     )
     gate = jax.tree.map(lambda w: 1 - w + w * step.train_whiten_bias, hyper.whiten_bias)
-    params, velocity = sgd_update(state.params, grads, state.velocity, hyper, step.lr, gate)
+    update = sgd_update if hyper.muon_momentum is None else muon_update
+    params, velocity = update(state.params, grads, state.velocity, hyper, step.lr, gate)
     # Lookahead: every few steps, average <- decay * average + (1 - decay) * weights,
     # and the weights jump to the average (batch-norm statistics included).
     decay = step.lookahead_decay
@@ -900,12 +1016,16 @@ class Run:
         schedule = np.ones(padded_steps, np.float32)
         schedule[:total] = lr_schedule(total, config)
         keys = rng.integers(0, 2**32, size=(padded_steps, 2), dtype=np.uint32)
+        whiten_bias = (epoch < config.whiten_bias_epochs).astype(np.float32)
+        if config.whiten_bias_decay:  # a linear decay to 0 over its epochs, instead of lr
+            linear = np.clip(1 - step / (config.whiten_bias_epochs * spe), 0, None)
+            whiten_bias = np.where(schedule > 0, linear / schedule, 0).astype(np.float32)
         return StepInputs(
             indices=indices,
             key=keys,
             lr=schedule,
             odd_epoch=epoch % 2 == 1,
-            train_whiten_bias=(epoch < config.whiten_bias_epochs).astype(np.float32),
+            train_whiten_bias=whiten_bias,
             lookahead=lookahead,
             lookahead_decay=decay,
             active=step < total,

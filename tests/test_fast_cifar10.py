@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,8 @@ def data() -> fc.DeviceData:
         ({"translate": 3}, "translate must be 0 to 2, got 3"),
         ({"tta": 5}, "tta must be 0, 1 or 2, got 5"),
         ({"flip": "sometimes"}, "flip must be none, random or alternating, got 'sometimes'"),
+        ({"optimizer": "adam"}, "optimizer must be momentum, nesterov or muon, got 'adam'"),
+        ({"optimizer": "muon", "model": "lenet"}, "optimizer 'muon' needs model 'airbench'"),
     ],
 )
 def test_config_rejects_bad_settings(change: dict[str, object], message: str) -> None:
@@ -109,6 +113,104 @@ def test_optimizer_settings_reproduce_airbench_pytorch_values() -> None:
     assert schedule[0] == pytest.approx(0.2, rel=1e-6)
     assert schedule[-1] == pytest.approx(0.07 + 0.93 / 367)  # the last step is 366 of 367
     assert schedule.max() == pytest.approx(1.0) and int(np.argmax(schedule)) == int(476 * 0.23)
+
+
+def newton_schulz_float64(matrix: np.ndarray, steps: int = 3) -> np.ndarray:
+    """airbench94_muon's iteration, written out in NumPy float64 (the reference's order)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = matrix / (np.linalg.norm(matrix) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(64, 216), (300, 40)])
+def test_newton_schulz_orthogonalises_in_bfloat16(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(4)
+    # a gradient-like matrix: a few strong directions and many weak ones
+    u, _ = np.linalg.qr(rng.normal(size=(shape[0], min(shape))))
+    v, _ = np.linalg.qr(rng.normal(size=(shape[1], min(shape))))
+    singular = np.geomspace(10.0, 0.01, min(shape))
+    matrix = (u * singular) @ v.T
+    ours = np.asarray(fc.newton_schulz(jnp.asarray(matrix, jnp.float32)), np.float64)
+    assert ours.shape == shape
+    expected = newton_schulz_float64(matrix)
+    assert np.linalg.norm(ours - expected) / np.linalg.norm(expected) < 0.05  # bfloat16
+    # the same singular vectors; singular values with at least 2% of the norm end up in
+    # 0.5-1.3, the weakest grow by about a^3 = 3.4445^3 = 41 (the slope at 0, three times)
+    diagonal = u.T @ ours @ v
+    off_diagonal = diagonal - np.diag(np.diag(diagonal))
+    assert np.linalg.norm(off_diagonal) < 0.05 * np.linalg.norm(np.diag(diagonal))
+    share = singular / np.linalg.norm(singular)
+    mapped = np.diag(diagonal)
+    assert np.all((mapped[share >= 0.02] > 0.5) & (mapped[share >= 0.02] < 1.3))
+    np.testing.assert_allclose(mapped[share < 0.002] / share[share < 0.002], 3.4445**3, rtol=0.15)
+
+
+def leaf_at(names: list[str], tree: Any) -> np.ndarray:
+    """The parameter at ``names`` in an nnx.State, as float64."""
+    for key in names:
+        tree = tree[key]
+    return np.asarray(tree[...], np.float64)
+
+
+def test_muon_update_follows_airbench94_muon() -> None:
+    """Filters: momentum, weight normalisation, orthogonalised Nesterov step; others: SGD."""
+    rng = np.random.default_rng(5)
+    config = fc.smoke_config(fc.AIRBENCH94_MUON)
+    _, state, _ = fc.initial_state(config, 0)
+    hyper = fc.make_hyper(config, state.params, np.zeros(4, bool))
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), state.params)
+    velocity = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), state.params)
+    gate = jax.tree.map(lambda _: 1.0, state.params)
+    lr_factor = jnp.float32(0.5)
+    params, new_velocity = fc.muon_update(state.params, grads, velocity, hyper, lr_factor, gate)
+    sgd_params, sgd_velocity = fc.sgd_update(state.params, grads, velocity, hyper, lr_factor, gate)
+    filters = 0
+    for path, value in jax.tree_util.tree_leaves_with_path(params):
+        at = functools.partial(leaf_at, fc._path_names(path)[:-1])  # [:-1]: drop "value"
+        if not fc.is_muon_filter(path):
+            np.testing.assert_allclose(value, at(sgd_params), rtol=1e-6)
+            np.testing.assert_allclose(at(new_velocity), at(sgd_velocity), rtol=1e-6)
+            continue
+        filters += 1
+        p, g, v = at(state.params), at(grads), at(velocity)
+        out = p.shape[-1]
+        v = 0.6 * v + g
+        step = newton_schulz_float64((g + 0.6 * v).reshape(-1, out).T).T.reshape(p.shape)
+        expected = p * np.sqrt(out) / np.linalg.norm(p) - 0.24 * 0.5 * step
+        np.testing.assert_allclose(at(new_velocity), v, rtol=1e-5, atol=1e-6)
+        moved = np.linalg.norm(expected - p * np.sqrt(out) / np.linalg.norm(p))
+        assert np.linalg.norm(np.asarray(value) - expected) < 0.05 * moved  # bfloat16
+    assert filters == 6  # two convolutions in each of the three blocks
+    whiten = params["whiten"]["kernel"][...]
+    np.testing.assert_array_equal(whiten, state.params["whiten"]["kernel"][...])  # frozen
+
+
+def test_airbench94_muon_settings_reproduce_the_pytorch_values() -> None:
+    config = fc.AIRBENCH94_MUON
+    settings = fc.optimizer_settings(config)
+    # PyTorch's SGD on the summed loss: head lr 0.67, biases 0.053, lr x decay 2e-6 x batch
+    assert settings["lr"] == pytest.approx(0.67 * 2000)
+    assert settings["lr_bias"] == pytest.approx(0.053 * 2000)
+    assert settings["lr"] * settings["wd"] == pytest.approx(2e-6 * 2000)
+    assert settings["lr_bias"] * settings["wd_bias"] == pytest.approx(2e-6 * 2000)
+    _, state, _ = fc.initial_state(fc.smoke_config(config), 0)
+    hyper = fc.make_hyper(config, state.params, np.zeros(4, bool))
+    assert float(hyper.lr["group2"]["conv1"]["kernel"]) == pytest.approx(0.24)
+    assert float(hyper.lr["whiten"]["bias"]) == pytest.approx(0.053 * 2000)
+    assert float(hyper.lr["whiten"]["kernel"]) == 0.0 and bool(hyper.nesterov)
+    head = np.asarray(state.params["head"]["kernel"][...])
+    assert np.std(head) == pytest.approx(1.0, rel=1e-4)
+    # the schedule falls linearly to 0; the whitening bias's over its own 3 epochs
+    run = fc.Run(config, fc.put_on_device(synthetic_cifar(train=8000, test=8)))
+    assert run.total_steps == 32 and run.steps_per_epoch == 4
+    np.testing.assert_allclose(run.plan.lr, 1 - np.arange(32) / 32)
+    whiten_lr = run.plan.lr * run.plan.train_whiten_bias
+    np.testing.assert_allclose(whiten_lr, np.clip(1 - np.arange(32) / 12, 0, None), atol=1e-6)
 
 
 def test_lookahead_plan_follows_airbench94() -> None:
@@ -187,6 +289,13 @@ def test_training_lowers_the_loss_and_reports_a_result(data: fc.DeviceData) -> N
     assert again.compile_seconds == 0, "a numeric switch must not recompile"
 
 
+def test_muon_recipe_lowers_the_loss(data: fc.DeviceData) -> None:
+    config = dataclasses.replace(fc.smoke_config(fc.AIRBENCH94_MUON), epochs=3.0)
+    result = fc.train_and_evaluate(config, data, seed=0)
+    assert result.steps == 24 and np.isfinite(result.epoch_losses).all()
+    assert result.epoch_losses[-1] < result.epoch_losses[0] - 0.05
+
+
 SHARDED_SCRIPT = textwrap.dedent(
     """
     import os
@@ -223,8 +332,12 @@ def test_sharded_step_equals_single_device_step() -> None:
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
+@pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon"])
 def test_benchmark_smoke_prints_the_promised_keys(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    recipe: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     import helpers
 
@@ -234,9 +347,9 @@ def test_benchmark_smoke_prints_the_promised_keys(
     spec.loader.exec_module(bench)
     monkeypatch.setattr(helpers, "load_cifar10", synthetic_cifar)
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results.jsonl")
-    result = bench.main(["--smoke", "--runs", "2"])
+    result = bench.main(["--smoke", "--runs", "2", "--recipe", recipe])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     keys = {"device", "runs", "acc_mean", "acc_std", "seconds_per_run", "compile_seconds", "data"}
     assert keys <= set(printed) and printed == result
-    assert printed["runs"] == 2 and 0 <= printed["acc_mean"] <= 1
+    assert printed["runs"] == 2 and 0 <= printed["acc_mean"] <= 1 and printed["recipe"] == recipe
     assert printed["data"] == "official" and not (tmp_path / "results.jsonl").exists()
