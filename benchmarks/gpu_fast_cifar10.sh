@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Notebook 06's GPU measurements in one go (about 4-6 minutes on an H100/H200):
+# Notebook 06's GPU measurements in one go (about 5-7 minutes on an H100/H200):
 #   1. the ablation rows of notebook 06, once each, plus 4 more runs of the full recipe
 #      -> $OUT/fast_cifar10_ablation.jsonl
 #   2. benchmarks/fast_cifar10.py --runs 5 -> $OUT/fast_cifar10_benchmark.json
-#      (and, as always on a GPU, appended to benchmarks/results/fast_cifar10.jsonl)
+#   3. the same with --recipe airbench94_muon -> $OUT/fast_cifar10_muon.json
+#      (2 and 3 are, as always on a GPU, appended to benchmarks/results/fast_cifar10.jsonl)
+# PARTS (default "ablation benchmark muon") picks which of the three run.
 # Needs: jax with CUDA, flax, optax, numpy, Pillow, matplotlib, tqdm (no TensorFlow),
 # and the CIFAR-10 tarball at .devdata/cifar10-jpeg.tar.gz (or CIFAR10_PATH).
 #
 #   bash benchmarks/gpu_fast_cifar10.sh                 # on the GPU machine
 #   SMOKE=1 PYTHON=.venv/bin/python SKIP_INSTALL=1 OUT=/tmp/out bash benchmarks/gpu_fast_cifar10.sh
+#   PARTS=muon bash benchmarks/gpu_fast_cifar10.sh      # only the Muon recipe
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
@@ -20,6 +23,7 @@ export TUTORIAL_CACHE_DIR=${TUTORIAL_CACHE_DIR:-$PWD/.cache}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache-fast-cifar10}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+PARTS=${PARTS:-ablation benchmark muon}
 smoke_flag=()
 if [[ "${SMOKE:-0}" == 1 ]]; then smoke_flag=(--smoke); fi
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
@@ -34,16 +38,25 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/nvid
 log "loading CIFAR-10 once (decodes and caches the JPEGs, about 10 s the first time)"
 "$PYTHON" -c 'import helpers; print(helpers.load_cifar10())'
 
-log "ablation: every row of notebook 06 once, then the full recipe with seeds 1-4"
-rm -f "$OUT/fast_cifar10_ablation.jsonl"
-timeout 270 "$PYTHON" -m helpers.fast_cifar10 --out "$OUT/fast_cifar10_ablation.jsonl" \
-  --recipe-runs 4 "${smoke_flag[@]}" 2>&1 | tee -a "$OUT/log.txt" || log "ablation stopped early (status $?)"
+if [[ " $PARTS " == *" ablation "* ]]; then
+  log "ablation: every row of notebook 06 once, then the full recipe with seeds 1-4"
+  rm -f "$OUT/fast_cifar10_ablation.jsonl"
+  timeout 270 "$PYTHON" -m helpers.fast_cifar10 --out "$OUT/fast_cifar10_ablation.jsonl" \
+    --recipe-runs 4 "${smoke_flag[@]}" 2>&1 | tee -a "$OUT/log.txt" || log "ablation stopped early (status $?)"
+fi
 
-log "benchmark: benchmarks/fast_cifar10.py --runs 5"
 runs=5
 if [[ "${SMOKE:-0}" == 1 ]]; then runs=2; fi
-timeout 120 "$PYTHON" benchmarks/fast_cifar10.py --runs "$runs" "${smoke_flag[@]}" \
-  | tee "$OUT/fast_cifar10_benchmark.json" || log "benchmark stopped early (status $?)"
+if [[ " $PARTS " == *" benchmark "* ]]; then
+  log "benchmark: benchmarks/fast_cifar10.py --runs $runs"
+  timeout 120 "$PYTHON" benchmarks/fast_cifar10.py --runs "$runs" "${smoke_flag[@]}" \
+    | tee "$OUT/fast_cifar10_benchmark.json" || log "benchmark stopped early (status $?)"
+fi
+if [[ " $PARTS " == *" muon "* ]]; then
+  log "benchmark: benchmarks/fast_cifar10.py --recipe airbench94_muon --runs $runs"
+  timeout 180 "$PYTHON" benchmarks/fast_cifar10.py --recipe airbench94_muon --runs "$runs" \
+    "${smoke_flag[@]}" | tee "$OUT/fast_cifar10_muon.json" || log "muon benchmark stopped early (status $?)"
+fi
 if [[ -f benchmarks/results/fast_cifar10.jsonl ]]; then
   cp benchmarks/results/fast_cifar10.jsonl "$OUT/"
 fi

@@ -598,8 +598,8 @@ def is_muon_filter(path: tuple[Any, ...]) -> bool:
     return "kernel" in names and any(n.startswith("conv") for n in names)
 
 
-def newton_schulz(matrix: jax.Array) -> jax.Array:
-    """Approximately orthogonalise ``matrix`` in bfloat16, as airbench94_muon does.
+def newton_schulz(matrix: jax.Array, dtype: Any = jnp.bfloat16) -> jax.Array:
+    """Approximately orthogonalise ``matrix``, in bfloat16 as airbench94_muon does.
 
     With ``X`` the matrix divided by its Frobenius norm (so every singular value is at
     most 1), each step maps ``X -> a X + b (X X^T) X + c (X X^T)^2 X``: the singular
@@ -608,7 +608,7 @@ def newton_schulz(matrix: jax.Array) -> jax.Array:
     0.5-1.5 after 3 steps). The result keeps the gradient's directions, not their sizes.
     """
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
-    x = matrix.astype(jnp.bfloat16)
+    x = matrix.astype(dtype)
     x = x / (jnp.linalg.norm(x) + 1e-7)
     wide = x.shape[0] <= x.shape[1]
     x = x if wide else x.T  # X X^T is the smaller square

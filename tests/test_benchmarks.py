@@ -1,4 +1,4 @@
-"""benchmarks/seed_recipe.py runs end to end on a small subset (not a timing test)."""
+"""The benchmarks run end to end on small inputs (not timing tests), and reject bad input."""
 
 from __future__ import annotations
 
@@ -95,3 +95,66 @@ def test_xla_option_parses_name_value_pairs() -> None:
     for bad in ("no_equals_sign", "=1"):
         with pytest.raises(Exception, match="expected NAME=VALUE"):
             benchmark.xla_option(bad)
+
+
+MUON_CHECK = ROOT / "benchmarks" / "muon_reference_check.py"
+#: the reader's copy of airbench94_muon.py (not part of this repository), if any
+MUON_REFERENCE = os.environ.get("AIRBENCH94_MUON_REFERENCE")
+
+
+def load_muon_check() -> Any:
+    spec = importlib.util.spec_from_file_location("muon_reference_check", MUON_CHECK)
+    assert spec is not None and spec.loader is not None
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    return check
+
+
+def test_muon_check_rejects_bad_arguments_before_loading_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    check = load_muon_check()
+    reference = tmp_path / "airbench94_muon.py"
+    reference.write_text("")
+    cases = [
+        (["--reference", str(tmp_path / "missing.py")], "missing.py: no such file (fetch"),
+        (["--reference", str(reference), "--batch", "1"], "--batch must be 2 to 50000, got 1"),
+        (["--reference", str(reference), "--steps", "0", "75"], "--steps must each be 0 to 74"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            check.main(argv)
+        assert message in capsys.readouterr().err
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch" else find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit):
+        check.main(["--reference", str(reference)])
+    assert "needs PyTorch: pip install -e .[bench]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not (MUON_REFERENCE and importlib.util.find_spec("torch")),
+    reason="set AIRBENCH94_MUON_REFERENCE to a copy of airbench94_muon.py; needs PyTorch",
+)
+def test_muon_step_matches_the_pytorch_reference(
+    real_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from helpers import fast_cifar10 as fc
+
+    monkeypatch.setenv("CIFAR10_PATH", str(real_copy))
+    if CACHE:
+        monkeypatch.setenv("TUTORIAL_CACHE_DIR", CACHE)
+    check = load_muon_check()
+    argv = ["--reference", str(MUON_REFERENCE), "--float32", "--steps", "0", "3"]
+    assert check.main(argv) <= 0.005
+    # the check can fail: another Muon momentum makes the steps differ
+    wrong = dataclasses.replace(fc.AIRBENCH94_MUON, muon_momentum=0.5)
+    monkeypatch.setattr(fc, "AIRBENCH94_MUON", wrong)
+    with pytest.raises(SystemExit, match="1"):
+        check.main(argv)
