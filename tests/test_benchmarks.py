@@ -55,35 +55,41 @@ def test_seed_recipe_benchmark_runs_without_tensorflow(real_copy: Path, tmp_path
     assert saved == printed
 
 
-def load_benchmark() -> Any:
-    spec = importlib.util.spec_from_file_location("seed_recipe_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    return benchmark
-
-
-def test_bad_arguments_stop_before_any_data_is_loaded(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    benchmark = load_benchmark()
-    for subset in ("999", "49001"):
-        with pytest.raises(SystemExit):
-            benchmark.main(["--subset", subset, "--no-save"])
-        assert "--subset must be between 1000 and 49000" in capsys.readouterr().err
+def hide_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make importlib.util.find_spec report PyTorch as not installed."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
         lambda name, *a: None if name == "torch" else find_spec(name, *a),
     )
+
+
+def load_script(path: Path = SCRIPT) -> Any:
+    """Import a benchmark script as a module (default: benchmarks/seed_recipe.py)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_arguments_stop_before_any_data_is_loaded(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    benchmark = load_script()
+    for subset in ("999", "49001"):
+        with pytest.raises(SystemExit):
+            benchmark.main(["--subset", subset, "--no-save"])
+        assert "--subset must be between 1000 and 49000" in capsys.readouterr().err
+    hide_torch(monkeypatch)
     with pytest.raises(SystemExit):
         benchmark.main(["--impl", "pytorch", "--no-save"])
     assert "PyTorch is not installed (pip install -e .[bench])" in capsys.readouterr().err
 
 
 def test_xla_option_parses_name_value_pairs() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_script()
     assert benchmark.xla_option("xla_gpu_autotune_level=0") == ("xla_gpu_autotune_level", 0)
     assert benchmark.xla_option("xla_gpu_enable_triton_gemm=False") == (
         "xla_gpu_enable_triton_gemm",
@@ -102,18 +108,10 @@ MUON_CHECK = ROOT / "benchmarks" / "muon_reference_check.py"
 MUON_REFERENCE = os.environ.get("AIRBENCH94_MUON_REFERENCE")
 
 
-def load_muon_check() -> Any:
-    spec = importlib.util.spec_from_file_location("muon_reference_check", MUON_CHECK)
-    assert spec is not None and spec.loader is not None
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
-    return check
-
-
 def test_muon_check_rejects_bad_arguments_before_loading_anything(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    check = load_muon_check()
+    check = load_script(MUON_CHECK)
     reference = tmp_path / "airbench94_muon.py"
     reference.write_text("")
     cases = [
@@ -125,12 +123,7 @@ def test_muon_check_rejects_bad_arguments_before_loading_anything(
         with pytest.raises(SystemExit):
             check.main(argv)
         assert message in capsys.readouterr().err
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "torch" else find_spec(name, *a),
-    )
+    hide_torch(monkeypatch)
     with pytest.raises(SystemExit):
         check.main(["--reference", str(reference)])
     assert "needs PyTorch: pip install -e .[bench]" in capsys.readouterr().err
@@ -150,7 +143,7 @@ def test_muon_step_matches_the_pytorch_reference(
     monkeypatch.setenv("CIFAR10_PATH", str(real_copy))
     if CACHE:
         monkeypatch.setenv("TUTORIAL_CACHE_DIR", CACHE)
-    check = load_muon_check()
+    check = load_script(MUON_CHECK)
     argv = ["--reference", str(MUON_REFERENCE), "--float32", "--steps", "0", "3"]
     assert check.main(argv) <= 0.005
     # the check can fail: another Muon momentum makes the steps differ
