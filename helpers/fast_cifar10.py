@@ -623,8 +623,8 @@ def muon_update(
 ) -> tuple[Any, Any]:
     """airbench94_muon's step: Muon for the blocks' filters, :func:`sgd_update` for the rest.
 
-    For each filter (kernel ``(3, 3, in, out)``): ``v = mu * v + g``; the Nesterov
-    direction ``g + mu * v``, as an ``(in * 9, out)`` matrix, is orthogonalised
+    For each filter bank (kernel ``(3, 3, in, out)``): ``v = mu * v + g``; the Nesterov
+    direction ``g + mu * v``, as an ``(out, 9 * in)`` matrix (a row per filter), is orthogonalised
     (:func:`newton_schulz`); the filter is rescaled to norm ``sqrt(out)`` (weight
     normalisation, as the batch norm after it ignores the scale anyway), then
     ``p -= lr * lr_factor * update``. No weight decay.
@@ -632,7 +632,9 @@ def muon_update(
     sgd_params, sgd_velocity = sgd_update(params, grads, velocity, hyper, lr_factor, gate)
     mu = hyper.muon_momentum
 
-    def leaf(path: tuple[Any, ...], p: Any, g: Any, v: Any, lr: Any, new_p: Any, new_v: Any):
+    def leaf(
+        path: tuple[Any, ...], p: Any, g: Any, v: Any, lr: Any, new_p: Any, new_v: Any
+    ) -> tuple[Any, Any]:
         if not is_muon_filter(path):
             return new_p, new_v
         v = mu * v + g
