@@ -167,9 +167,21 @@ class Config:
 
 #: airbench94 as published (the defaults of :class:`Config`).
 AIRBENCH94 = Config()
-# airbench94_muon gives its SGD numbers for PyTorch's SGD on the summed loss; a Config
-# gives them per 1,024 examples, times Nesterov's amplification (see optimizer_settings).
-_KILOSTEP = 1024 * (1 + 1 / (1 - 0.85))
+
+
+def kilostep_scale(momentum: float) -> float:
+    """airbench's unit for SGD numbers: 1,024 examples times ``1 + 1/(1 - momentum)``, the
+    factor by which (Nesterov) momentum amplifies a constant gradient.
+
+    A Config's ``lr`` is PyTorch's learning rate for the summed loss times this scale, its
+    ``weight_decay`` PyTorch's learning rate x weight decay per example times this scale
+    (see :func:`optimizer_settings`).
+    """
+    return 1024 * (1 + 1 / (1 - momentum))
+
+
+# airbench94_muon gives its SGD numbers for PyTorch's SGD on the summed loss, momentum 0.85
+_KILOSTEP = kilostep_scale(0.85)
 #: airbench94_muon (Jordan, github.com/KellerJordan/cifar10-airbench): Muon for the
 #: filters, batch 2,000 for 8 epochs, a linear decay to zero, no lookahead, logits
 #: divided by the width (256) of a head with unit standard deviation.
@@ -513,9 +525,9 @@ def optimizer_settings(config: Config) -> dict[str, float]:
     if config.optimizer == "momentum":
         return {"lr": 0.01, "lr_bias": 0.01, "wd": 0.0, "wd_bias": 0.0, "momentum": 0.9}
     # (Muon's step does not depend on the gradient's scale, so muon_lr needs no conversion.)
-    kilostep_scale = 1024 * (1 + 1 / (1 - config.momentum))
-    lr = config.lr / kilostep_scale * config.batch_size  # per step, for the mean loss
-    decay = config.weight_decay * config.batch_size / kilostep_scale  # lr * coupled decay
+    scale = kilostep_scale(config.momentum)
+    lr = config.lr / scale * config.batch_size  # per step, for the mean loss
+    decay = config.weight_decay * config.batch_size / scale  # lr * coupled decay
     lr_bias = lr * config.bias_scaler
     return {
         "lr": lr,
@@ -638,7 +650,7 @@ def muon_update(
         if not is_muon_filter(path):
             return new_p, new_v
         v = mu * v + g
-        direction = (g + mu * v).reshape(-1, p.shape[-1]).T  # (out, in * 9)
+        direction = (g + mu * v).reshape(-1, p.shape[-1]).T  # (out, 9 * in)
         update = newton_schulz(direction).T.reshape(p.shape).astype(p.dtype)
         p = p * (jnp.sqrt(p.shape[-1]) / jnp.linalg.norm(p))
         return p - lr * lr_factor * update, v
