@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not seed_recipe.BATCH_SIZE <= args.subset <= TRAIN_IMAGES:
         parser.error(f"--subset must be between {seed_recipe.BATCH_SIZE} and {TRAIN_IMAGES}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     impls = ["jax", "pytorch"] if args.impl == "both" else [args.impl]
     if "pytorch" in impls and importlib.util.find_spec("torch") is None:
         if args.impl == "pytorch":

@@ -82,6 +82,9 @@ def test_bad_arguments_stop_before_any_data_is_loaded(
         with pytest.raises(SystemExit):
             benchmark.main(["--subset", subset, "--no-save"])
         assert "--subset must be between 1000 and 49000" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.main(["--epochs", "0", "--no-save"])
+    assert "--epochs must be at least 1, got 0" in capsys.readouterr().err
     hide_torch(monkeypatch)
     with pytest.raises(SystemExit):
         benchmark.main(["--impl", "pytorch", "--no-save"])
@@ -127,6 +130,16 @@ def test_muon_check_rejects_bad_arguments_before_loading_anything(
     with pytest.raises(SystemExit):
         check.main(["--reference", str(reference)])
     assert "needs PyTorch: pip install -e .[bench]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch")
+def test_muon_check_rejects_a_file_that_is_not_the_reference(tmp_path: Path) -> None:
+    not_it = tmp_path / "airbench94.py"
+    not_it.write_text("class Muon:\n    pass\n")  # no CifarNet
+    check = load_script(MUON_CHECK)
+    message = r"airbench94\.py defines no CifarNet: is it airbench94_muon\.py\?"
+    with pytest.raises(SystemExit, match=message):
+        check.main(["--reference", str(not_it)])
 
 
 @pytest.mark.skipif(
