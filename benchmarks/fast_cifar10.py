@@ -45,8 +45,17 @@ def benchmark(runs: int, smoke: bool, seed: int = 0, recipe: str = "airbench94")
         config = dataclasses.replace(fc.smoke_config(config), epochs=1.0)
         sizes = (256, 256)
     data = fc.put_on_device(cifar, *sizes)
-    warmup = fc.train_and_evaluate(config, data, seed=seed + runs)  # not one of the timed seeds
-    results = [fc.train_and_evaluate(config, data, seed=seed + i) for i in range(runs)]
+    if not smoke and jax.default_backend() == "cpu":
+        print("No GPU: on a 2-core CPU each full run, the warm-up too, takes about an hour. "
+              "--smoke checks the code in seconds.", file=sys.stderr, flush=True)  # fmt: skip
+
+    def train(seed: int, label: str) -> fc.Result:
+        result = fc.train_and_evaluate(config, data, seed=seed)
+        print(f"{label}, seed {seed}: {result.summary()}", file=sys.stderr, flush=True)
+        return result
+
+    warmup = train(seed + runs, "warm-up (not timed)")  # not one of the timed seeds
+    results = [train(seed + i, f"run {i + 1}/{runs}") for i in range(runs)]
     accuracies = [r.accuracy for r in results]
     seconds = [r.seconds for r in results]
     return {

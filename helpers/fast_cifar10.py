@@ -819,6 +819,34 @@ def train_step(
     return new, loss
 
 
+def train_on_device_step(
+    graphdef: nnx.GraphDef,
+    state: TrainState,
+    data: tuple[jax.Array, jax.Array],
+    hyper: Hyper,
+    step: StepInputs,
+    dtype: Any = jnp.bfloat16,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> tuple[TrainState, jax.Array]:
+    """One step of :func:`train_steps`: gather and augment the batch on the device, train.
+
+    ``data`` is the padded training set and its labels. An inactive (padding) step
+    leaves the state unchanged. ``batch_sharding`` splits the batch over a device mesh.
+    """
+    padded, labels = data
+    key = jax.random.wrap_key_data(step.key)
+    images = augment_batch(
+        padded, step.indices, key, hyper.translate, hyper.flip_mode,
+        hyper.base_flip, step.odd_epoch,
+    )  # fmt: skip
+    batch_labels = labels[step.indices]
+    if batch_sharding is not None:
+        images = jax.lax.with_sharding_constraint(images, batch_sharding)
+    new_state, loss = train_step(graphdef, state, hyper, images, batch_labels, step, dtype)
+    new_state = jax.tree.map(lambda n, o: jnp.where(step.active, n, o), new_state, state)
+    return new_state, jnp.where(step.active, loss, jnp.nan)
+
+
 def train_steps(
     graphdef: nnx.GraphDef,
     state: TrainState,
@@ -830,24 +858,14 @@ def train_steps(
 ) -> tuple[TrainState, jax.Array]:
     """Run the given steps (leading axis of ``steps``) with ``lax.scan``; return the losses.
 
-    Each step gathers and augments its batch from the on-device training set.
-    Inactive (padding) steps leave the state unchanged. ``batch_sharding`` splits
-    each batch over a device mesh (data parallelism).
+    Each step is a :func:`train_on_device_step`: it gathers and augments its batch from
+    the on-device training set. ``batch_sharding`` splits each batch over a device mesh
+    (data parallelism).
     """
-    padded, labels = data if isinstance(data, tuple) else (data.train_padded, data.train_labels)
+    arrays = data if isinstance(data, tuple) else (data.train_padded, data.train_labels)
 
     def body(state: TrainState, step: StepInputs) -> tuple[TrainState, jax.Array]:
-        key = jax.random.wrap_key_data(step.key)
-        images = augment_batch(
-            padded, step.indices, key, hyper.translate, hyper.flip_mode,
-            hyper.base_flip, step.odd_epoch,
-        )  # fmt: skip
-        batch_labels = labels[step.indices]
-        if batch_sharding is not None:
-            images = jax.lax.with_sharding_constraint(images, batch_sharding)
-        new_state, loss = train_step(graphdef, state, hyper, images, batch_labels, step, dtype)
-        new_state = jax.tree.map(lambda n, o: jnp.where(step.active, n, o), new_state, state)
-        return new_state, jnp.where(step.active, loss, jnp.nan)
+        return train_on_device_step(graphdef, state, arrays, hyper, step, dtype, batch_sharding)
 
     return jax.lax.scan(body, state, steps)
 
@@ -982,6 +1000,12 @@ class Run:
 
     Kept as a small class so the notebook can also run a few steps at a time (for
     example on a device mesh) with exactly the same compiled code.
+
+    ``scan``: run several steps as one :func:`train_steps` call (a ``lax.scan``). The
+    default, None, scans unless the data live on a CPU: XLA:CPU computes the weight
+    gradients of convolutions inside a loop body far slower than outside one
+    (jax-ml/jax#12868; airbench94's step at batch 128 on a 2-core CPU: 21 s against
+    0.6 s), so there each step is its own call of :func:`train_on_device_step`.
     """
 
     def __init__(
@@ -990,8 +1014,11 @@ class Run:
         data: DeviceData,
         seed: int = 0,
         mesh: jax.sharding.Mesh | None = None,
+        scan: bool | None = None,
     ):
         self.config, self.data, self.seed, self.mesh = config, data, seed, mesh
+        on_cpu = all(device.platform == "cpu" for device in data.train_padded.devices())
+        self.scan = not on_cpu if scan is None else scan
         self.dtype = config.compute_dtype
         self.steps_per_epoch = data.train_size // config.batch_size
         if self.steps_per_epoch < 1:  # checked before anything compiles
@@ -1063,6 +1090,10 @@ class Run:
         indices = self._sharding(None, "data")
         return steps._replace(indices=jax.device_put(steps.indices, indices))
 
+    def _step(self, index: int) -> StepInputs:
+        step = jax.tree.map(lambda a: a[index], self.plan)
+        return step._replace(indices=jax.device_put(step.indices, self._sharding("data")))
+
     def whiten(self) -> None:
         """Initialise the first layer from the training images (if ``config.whiten``)."""
         if not (self.config.whiten and self.config.model == "airbench"):
@@ -1080,18 +1111,30 @@ class Run:
         self.state = set_whitening(self.state, fn(*args))
 
     def train_range(self, start: int, stop: int) -> jax.Array:
-        """Run steps ``start`` to ``stop`` as one compiled call; return their losses."""
+        """Run steps ``start`` to ``stop`` as one compiled call; return their losses.
+
+        Without ``scan`` (on a CPU), one call per step: the same steps, the same results.
+        """
         config = self.config
+        name, function = ("train_steps", train_steps) if self.scan else (
+            "train_on_device_step", train_on_device_step)  # fmt: skip
         fn = functools.partial(
-            train_steps, self.graphdef, dtype=self.dtype, batch_sharding=self._sharding("data")
+            function, self.graphdef, dtype=self.dtype, batch_sharding=self._sharding("data")
         )
-        args = (self.state, (self.data.train_padded, self.data.train_labels), self.hyper,
-                self._steps(start, stop))  # fmt: skip
         key = (config.static_key(), self.mesh is not None)
         donate = (0,) if config.donate else ()
-        executable = self._compile("train_steps", fn, args, key, donate)
-        self.state, losses = executable(*args)
-        return losses
+        data = (self.data.train_padded, self.data.train_labels)
+        if self.scan:
+            calls = [self._steps(start, stop)]  # one call runs them all
+        else:
+            calls = [self._step(index) for index in range(start, stop)]
+        losses = []
+        for steps in calls:
+            args = (self.state, data, self.hyper, steps)
+            executable = self._compile(name, fn, args, key, donate)
+            self.state, loss = executable(*args)
+            losses.append(loss)
+        return losses[0] if self.scan else jnp.stack(losses)
 
     def train_host_step(self, index: int) -> jax.Array:
         """One step whose batch is cropped and flipped by NumPy on the host, then copied."""
