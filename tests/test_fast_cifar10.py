@@ -368,7 +368,9 @@ def test_benchmark_smoke_prints_the_promised_keys(
     monkeypatch.setattr(helpers, "load_cifar10", synthetic_cifar)
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results.jsonl")
     result = bench.main(["--smoke", "--runs", "2", "--recipe", recipe])
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out.strip().splitlines()[-1])
+    assert "warm-up (not timed)" in captured.err and "run 2/2, seed 1: accuracy" in captured.err
     keys = {"device", "runs", "acc_mean", "acc_std", "seconds_per_run", "compile_seconds", "data"}
     assert keys <= set(printed) and printed == result
     assert printed["runs"] == 2 and 0 <= printed["acc_mean"] <= 1 and printed["recipe"] == recipe
