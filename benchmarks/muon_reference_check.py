@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# airbench94_muon's main(): batch 2000, 200 steps, whitening bias trained for 75 of them
-BATCH_SIZE, TOTAL_STEPS, WHITEN_BIAS_STEPS = 2000, 200, 75
+# airbench94_muon's main() (batch 2000): 200 steps, whitening bias trained for 75 of them
+TOTAL_STEPS, WHITEN_BIAS_STEPS = 200, 75
 BIAS_LR, HEAD_LR, MUON_LR = 0.053, 0.67, 0.24
 
 

@@ -1115,26 +1115,23 @@ class Run:
 
         Without ``scan`` (on a CPU), one call per step: the same steps, the same results.
         """
+        if self.scan:
+            return self._train_call(train_steps, self._steps(start, stop))
+        steps = range(start, stop)
+        return jnp.stack([self._train_call(train_on_device_step, self._step(i)) for i in steps])
+
+    def _train_call(self, function: Callable[..., Any], steps: StepInputs) -> jax.Array:
+        """One compiled call of :func:`train_steps` or :func:`train_on_device_step`."""
         config = self.config
-        name, function = ("train_steps", train_steps) if self.scan else (
-            "train_on_device_step", train_on_device_step)  # fmt: skip
         fn = functools.partial(
             function, self.graphdef, dtype=self.dtype, batch_sharding=self._sharding("data")
         )
+        args = (self.state, (self.data.train_padded, self.data.train_labels), self.hyper, steps)
         key = (config.static_key(), self.mesh is not None)
         donate = (0,) if config.donate else ()
-        data = (self.data.train_padded, self.data.train_labels)
-        if self.scan:
-            calls = [self._steps(start, stop)]  # one call runs them all
-        else:
-            calls = [self._step(index) for index in range(start, stop)]
-        losses = []
-        for steps in calls:
-            args = (self.state, data, self.hyper, steps)
-            executable = self._compile(name, fn, args, key, donate)
-            self.state, loss = executable(*args)
-            losses.append(loss)
-        return losses[0] if self.scan else jnp.stack(losses)
+        executable = self._compile(function.__name__, fn, args, key, donate)
+        self.state, losses = executable(*args)
+        return losses
 
     def train_host_step(self, index: int) -> jax.Array:
         """One step whose batch is cropped and flipped by NumPy on the host, then copied."""
