@@ -4,7 +4,7 @@
 #
 #   ./tutorial.sh lab        JupyterLab on notebooks/ (extra arguments go to jupyter lab)
 #   ./tutorial.sh headless   execute every notebook in order; print wall time and key result
-#   ./tutorial.sh test       ruff, unit tests and nbval over every notebook
+#   ./tutorial.sh test       ruff (lint, format), unit tests and nbval over every notebook
 #   ./tutorial.sh setup      only set up (or update) .venv
 #
 # GPU: run `export TUTORIAL_JAX=cuda12` (or cuda13) once before the commands above;
@@ -70,6 +70,7 @@ case "$command" in
   test)
     setup
     "$venv/bin/ruff" check .
+    "$venv/bin/ruff" format --check .
     "$venv/bin/python" -m helpers.notebook_header
     exec "$venv/bin/python" -m pytest --nbval --nbval-current-env -p no:cacheprovider tests notebooks
     ;;
