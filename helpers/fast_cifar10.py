@@ -9,15 +9,16 @@ optimiser (:func:`muon_update`).
 
 How the code is organised, and why:
 
-- **Data** lives on the accelerator as uint8 (:class:`DeviceData`): 150 MB for the
+- **Data** lives on the accelerator as uint8 (:class:`DeviceData`): 194 MB for the
   training set, reflect-padded once for the random translations. Each training
   step gathers its batch by index, crops, flips and normalises it on the device.
 - **Every switch that is only a number is data, not code.** Learning rates, weight
   decay, momentum, label smoothing, augmentation strength, the flip mode, lookahead
   and the learning-rate schedule reach the compiled function as arrays
   (:class:`Hyper` per run, :class:`StepInputs` per step). So most ablation rows
-  share one compiled function; only the model, the dtype, the batch size and the
-  loop structure (one call per epoch or per step) compile anew.
+  share one compiled function; the model, the dtype, shapes (batch size, evaluation
+  batch, number of TTA views), the loop structure, donation, where the data live and
+  the optimiser's state layout (Muon or SGD) select compiled code.
 - **One compiled call per epoch**: :func:`train_steps` runs a ``lax.scan`` over the
   steps it is given, with the training state donated, so the state is updated in
   place. The same function given one step at a time is the "one call per step" row.
@@ -55,7 +56,8 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 #: Training images are reflect-padded by this many pixels once, for random translation.
 PAD = 2
 Flip = Literal["none", "random", "alternating"]
-#: Config fields that change the compiled code; all other fields reach it as data.
+#: Config fields in the model's compiled-code key; most other fields reach the step as
+#: data (shapes, ``loop``, ``donate``, ``tta`` and the optimiser's state layout aside).
 STATIC_FIELDS = ("model", "widths", "dtype", "batchnorm_momentum", "logit_scale", "head_init")
 #: Muon's quintic Newton-Schulz iteration (coefficients and steps of airbench94_muon).
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -170,8 +172,9 @@ AIRBENCH94 = Config()
 
 
 def kilostep_scale(momentum: float) -> float:
-    """airbench's unit for SGD numbers: 1,024 examples times ``1 + 1/(1 - momentum)``, the
-    factor by which (Nesterov) momentum amplifies a constant gradient.
+    """airbench's unit for SGD numbers: 1,024 examples times ``1 + 1/(1 - momentum)``,
+    airbench's estimate of how much (Nesterov) momentum amplifies a constant gradient
+    (for PyTorch's Nesterov update the exact factor is ``1/(1 - momentum)``).
 
     A Config's ``lr`` is PyTorch's learning rate for the summed loss times this scale, its
     ``weight_decay`` PyTorch's learning rate x weight decay per example times this scale
@@ -516,11 +519,11 @@ def optimizer_settings(config: Config) -> dict[str, float]:
     """Learning rates and weight decays for a mean (not summed) loss, per parameter group.
 
     airbench94 states its SGD hyperparameters per 1,024 examples of a summed loss and
-    divides the learning rate by ``1 + 1/(1 - momentum)``, the factor by which Nesterov
-    momentum amplifies a constant gradient, so that lr and momentum can be tuned
-    independently. Weight decay ``wd`` is the decay per step at learning rate 1,
-    independent of the learning rate. Batch-norm biases get ``bias_scaler`` times
-    the learning rate and the same decay per step.
+    divides the learning rate by ``1 + 1/(1 - momentum)`` (:func:`kilostep_scale`), its
+    estimate of how much Nesterov momentum amplifies a constant gradient, so that lr
+    and momentum can be tuned independently. Weight decay ``wd`` is the decay per step
+    at learning rate 1, independent of the learning rate. Batch-norm biases get
+    ``bias_scaler`` times the learning rate and the same decay per step.
     """
     if config.optimizer == "momentum":
         return {"lr": 0.01, "lr_bias": 0.01, "wd": 0.0, "wd_bias": 0.0, "momentum": 0.9}
@@ -637,8 +640,9 @@ def muon_update(
 
     For each filter bank (kernel ``(3, 3, in, out)``): ``v = mu * v + g``; the Nesterov
     direction ``g + mu * v``, as an ``(out, 9 * in)`` matrix (a row per filter), is orthogonalised
-    (:func:`newton_schulz`); the filter is rescaled to norm ``sqrt(out)`` (weight
-    normalisation, as the batch norm after it ignores the scale anyway), then
+    (:func:`newton_schulz`); the filter bank is rescaled to Frobenius norm ``sqrt(out)``
+    (filters of root-mean-square norm 1: weight normalisation, as the batch norm after
+    it ignores the scale anyway), then
     ``p -= lr * lr_factor * update``. No weight decay.
     """
     sgd_params, sgd_velocity = sgd_update(params, grads, velocity, hyper, lr_factor, gate)
