@@ -19,14 +19,17 @@ in a new process, takes about a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import socket
 import tarfile
 import threading
+import warnings
+import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -109,7 +112,7 @@ def load_cifar10(path: str | os.PathLike[str] | None = None) -> CIFAR10:
             "image folder, a .tar.gz of one, or a TFDS data directory; or unset "
             "CIFAR10_PATH to download with tensorflow-datasets."
         )
-    if source.is_dir() and (source / "cifar10").is_dir():
+    if source.is_dir() and _tfds_has_prepared_cifar10(source):
         return _load_with_tfds(data_dir=source)
     if source.is_file() and not source.name.endswith(ARCHIVE_SUFFIXES):
         raise DatasetError(
@@ -148,33 +151,43 @@ def _load_cached(source: Path) -> CIFAR10:
         try:
             with np.load(cached) as arrays:
                 return CIFAR10(**{name: arrays[name] for name in arrays.files})
-        except (OSError, ValueError, KeyError, zlib.error):
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error):
             cached.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
     dataset = _decode_image_folder(source)
-    cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(
-        partial,
-        train_images=dataset.train_images,
-        train_labels=dataset.train_labels,
-        test_images=dataset.test_images,
-        test_labels=dataset.test_labels,
-    )
-    partial.replace(cached)  # atomic: a concurrent reader never sees half a file
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            partial,
+            train_images=dataset.train_images,
+            train_labels=dataset.train_labels,
+            test_images=dataset.test_images,
+            test_labels=dataset.test_labels,
+        )
+        partial.replace(cached)  # atomic: a concurrent reader never sees half a file
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        warnings.warn(
+            f"Could not cache the decoded CIFAR-10 in {cached.parent} ({error}); the next "
+            "load decodes again. Set TUTORIAL_CACHE_DIR to a writable folder.",
+            stacklevel=3,
+        )
     return dataset
 
 
-def _iter_folder(root: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
+def _iter_folder(root: Path) -> Generator[tuple[PurePosixPath, bytes], None, None]:
     for file in sorted(root.rglob("*")):
-        if file.is_file():
-            yield PurePosixPath(file.relative_to(root).as_posix()), file.read_bytes()
+        relative = PurePosixPath(file.relative_to(root).as_posix())
+        if _locate(relative) is not None and file.is_file():
+            yield relative, file.read_bytes()  # only images are read
 
 
-def _iter_archive(archive: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
+def _iter_archive(archive: Path) -> Generator[tuple[PurePosixPath, bytes], None, None]:
     try:
         with tarfile.open(archive) as tar:
             for member in tar:
-                if member.isfile():
+                if member.isfile() and _locate(PurePosixPath(member.name)) is not None:
                     handle = tar.extractfile(member)
                     assert handle is not None
                     yield PurePosixPath(member.name), handle.read()
@@ -189,8 +202,8 @@ def _locate(relative: PurePosixPath) -> tuple[str, str] | None:
     parts = relative.parts
     if len(parts) < 3 or parts[-3] not in SPLITS:
         return None
-    if relative.suffix.lower() not in IMAGE_SUFFIXES:
-        return None
+    if relative.suffix.lower() not in IMAGE_SUFFIXES or relative.name.startswith("."):
+        return None  # also skips macOS's AppleDouble "._name.jpg" files
     return parts[-3], parts[-2]
 
 
@@ -214,31 +227,43 @@ def _decode_image_folder(source: Path) -> CIFAR10:
     files = _iter_archive(source) if source.is_file() else _iter_folder(source)
     images: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     labels: dict[str, list[int]] = {split: [] for split in SPLITS}
+    keys: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
     counts = {(s, c): 0 for s in SPLITS for c in CLASS_NAMES}
-    for relative, data in files:
-        located = _locate(relative)
-        if located is None:
-            continue
-        split, class_name = located
-        if class_name not in CLASS_NAMES:
-            raise DatasetError(
-                f"Unknown class folder {relative.parent} in {source}; "
-                f"expected one of {', '.join(CLASS_NAMES)}."
-            )
-        images[split].append(_decode_image(data, f"{relative} in {source}"))
-        labels[split].append(CLASS_NAMES.index(class_name))
-        counts[split, class_name] += 1
+    with contextlib.closing(files):  # an error below closes the archive at once
+        for relative, data in files:
+            located = _locate(relative)
+            if located is None:
+                continue
+            split, class_name = located
+            if class_name not in CLASS_NAMES:
+                raise DatasetError(
+                    f"Unknown class folder {relative.parent} in {source}; "
+                    f"expected one of {', '.join(CLASS_NAMES)}."
+                )
+            images[split].append(_decode_image(data, f"{relative} in {source}"))
+            labels[split].append(CLASS_NAMES.index(class_name))
+            keys[split].append((class_name, relative.name))
+            counts[split, class_name] += 1
     _check_counts(source, counts)
     rng = np.random.default_rng(SHUFFLE_SEED)
     arrays: dict[str, np.ndarray] = {}
     for split in SPLITS:
-        order = rng.permutation(len(labels[split]))
+        # the same order whatever the folder walk or the archive's member order
+        canonical = sorted(range(len(keys[split])), key=keys[split].__getitem__)
+        order = np.asarray(canonical, dtype=np.int64)[rng.permutation(len(canonical))]
         arrays[f"{split}_images"] = np.stack(images[split])[order]
         arrays[f"{split}_labels"] = np.asarray(labels[split], dtype=np.int32)[order]
     return CIFAR10(**arrays)
 
 
 def _check_counts(source: Path, counts: dict[tuple[str, str], int]) -> None:
+    if not any(counts.values()):
+        raise DatasetError(
+            f"No CIFAR-10 images in {source}: expected files laid out as "
+            "train/<class>/*.jpg|png and test/<class>/... Point CIFAR10_PATH at the folder "
+            "that holds train/ and test/, at the .tar.gz itself, or at a TensorFlow Datasets "
+            "data directory with a prepared cifar10."
+        )
     for (split, class_name), count in counts.items():
         expected = EXPECTED_PER_CLASS[split]
         if count == 0:
@@ -302,16 +327,25 @@ def _load_with_tfds(data_dir: Path | None) -> CIFAR10:
             "image-folder copy, which needs no TensorFlow."
         ) from error
     tf.config.set_visible_devices([], "GPU")  # leave GPU memory to JAX
-    splits = tfds.as_numpy(
-        tfds.load(
-            "cifar10",
-            split=["train", "test"],
-            batch_size=-1,
-            as_supervised=True,
-            data_dir=None if data_dir is None else str(data_dir),
-            download=not prepared,
+    try:
+        splits = tfds.as_numpy(
+            tfds.load(
+                "cifar10",
+                split=["train", "test"],
+                batch_size=-1,
+                as_supervised=True,
+                data_dir=None if data_dir is None else str(data_dir),
+                download=not prepared,
+            )
         )
-    )
+    except Exception as error:  # tfds raises AssertionError, tf.errors.*, DownloadError, ...
+        where = data_dir or "tensorflow-datasets' data directory"
+        action = "read the prepared" if prepared else "download and prepare"
+        raise DatasetError(
+            f"tensorflow-datasets could not {action} cifar10 in {where} "
+            f"({type(error).__name__}: {error}). Delete its cifar10/ folder and try again, "
+            "or set CIFAR10_PATH to an image folder or a .tar.gz of one."
+        ) from error
     (train_images, train_labels), (test_images, test_labels) = splits
     return CIFAR10(
         train_images=np.asarray(train_images, dtype=np.uint8),

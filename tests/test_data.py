@@ -190,6 +190,61 @@ def test_tfds_directory_goes_to_tfds(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert seen == [tmp_path]
 
 
+def test_truncated_cache_is_rebuilt(tiny_folder: Path, tiny_counts: dict[str, int]) -> None:
+    load_cifar10(tiny_folder)
+    (cached,) = data.cache_dir().glob("*.npz")
+    content = cached.read_bytes()
+    cached.write_bytes(content[: len(content) // 2])  # a real npz cut short: BadZipFile
+    _check_tiny(load_cifar10(tiny_folder), tiny_counts)
+
+
+def test_order_does_not_depend_on_archive_member_order(tmp_path: Path, tiny_folder: Path) -> None:
+    files = sorted(p for p in tiny_folder.rglob("*") if p.is_file())
+    archive = tmp_path / "reversed.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for file in reversed(files):
+            tar.add(file, arcname=f"copy/{file.relative_to(tiny_folder).as_posix()}")
+    np.testing.assert_array_equal(
+        load_cifar10(archive).train_images, load_cifar10(tiny_folder).train_images
+    )
+
+
+def test_folder_without_images_says_where_to_point(tmp_path: Path) -> None:
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads/cifar10-jpeg.tar.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(DatasetError, match=r"No CIFAR-10 images in .*folder that holds train/"):
+        load_cifar10(tmp_path / "downloads")
+
+
+def test_appledouble_files_are_ignored(tiny_folder: Path, tiny_counts: dict[str, int]) -> None:
+    (tiny_folder / "train/cat/._0000.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    _check_tiny(load_cifar10(tiny_folder), tiny_counts)
+
+
+def test_unwritable_cache_still_returns_the_data(
+    tiny_folder: Path, tiny_counts: dict[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(blocker / "cache"))  # a file in the way
+    with pytest.warns(UserWarning, match="Could not cache"):
+        _check_tiny(load_cifar10(tiny_folder), tiny_counts)
+
+
+def test_image_folder_named_cifar10_is_not_sent_to_tfds(
+    tmp_path: Path, tiny_counts: dict[str, int]
+) -> None:
+    write_image_folder(tmp_path / "data/cifar10", tiny_counts)
+    _check_tiny(load_cifar10(tmp_path / "data"), tiny_counts)
+
+
+def test_broken_tfds_directory_gives_a_dataset_error(tmp_path: Path) -> None:
+    (tmp_path / "cifar10/3.0.2").mkdir(parents=True)
+    (tmp_path / "cifar10/3.0.2/dataset_info.json").write_text("{}")  # prepared, then damaged
+    with pytest.raises(DatasetError, match=r"could not read the prepared cifar10 in .*Delete"):
+        load_cifar10(tmp_path)
+
+
 # --- the real offline copy ------------------------------------------------------------
 
 
