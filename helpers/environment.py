@@ -7,11 +7,16 @@ import sys
 from importlib import metadata
 
 
-def _version(package: str) -> str:
+def installed_version(package: str) -> str | None:
+    """The installed version of ``package`` (a pip name), or None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
-        return "not installed"
+        return None
+
+
+def _version(package: str) -> str:
+    return installed_version(package) or "not installed"
 
 
 def environment_report() -> str:

@@ -1,7 +1,10 @@
 """Smoke mode: one switch that shrinks heavy work while the teaching code stays the same.
 
-Set the environment variable ``TUTORIAL_SMOKE=1`` (CI does this for notebooks that
-need a GPU to run in full) and notebooks pick their sizes with :func:`full_or_smoke`.
+Set the environment variable ``TUTORIAL_SMOKE=1`` (for example
+``TUTORIAL_SMOKE=1 ./tutorial.sh headless``, a quick check that every notebook runs) and
+notebooks pick their sizes with :func:`full_or_smoke`. Nothing sets it for you: CI
+(``./tutorial.sh test``) runs the notebooks in full mode, except notebook 06, which also
+switches itself to smoke mode when JAX runs on the CPU.
 """
 
 from __future__ import annotations

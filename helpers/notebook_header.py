@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
@@ -19,6 +20,7 @@ import nbformat
 from helpers.repository import colab_url, pip_install_target
 
 COLAB_SKIP_TAG = "nbval-skip"
+NOTEBOOK_DIR = Path("notebooks")  # relative: the commands run from the repository root
 _BADGE_PATTERN = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
 
 
@@ -92,12 +94,15 @@ def fix(path: Path) -> None:
     nbformat.write(notebook, path)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("notebooks", nargs="*", type=Path, help=f"default: all of {NOTEBOOK_DIR}/")
     parser.add_argument("--fix", action="store_true", help="rewrite badge and Colab cell")
-    args = parser.parse_args()
-    paths = args.notebooks or sorted(Path("notebooks").glob("*.ipynb"))
+    args = parser.parse_args(argv)
+    paths = args.notebooks or sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+    if not paths:
+        print(f"No notebooks in {NOTEBOOK_DIR}/ (run from the repository root)", file=sys.stderr)
+        return 2
     if args.fix:
         for path in paths:
             fix(path)

@@ -15,6 +15,22 @@ def _figure(width: float, height: float) -> Figure:
     return plt.figure(figsize=(width, height), layout="constrained")
 
 
+def _class_indices(values: Sequence[int] | np.ndarray, name: str, num_classes: int) -> np.ndarray:
+    """``values`` as an int64 array, after checking each is a class index in 0..num_classes-1.
+
+    NumPy would otherwise read -1 as the last class, silently.
+    """
+    array = np.asarray(values)
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must be integer class indices, got dtype {array.dtype}")
+    outside = np.unique(array[(array < 0) | (array >= num_classes)])
+    if outside.size:
+        raise ValueError(
+            f"{name} must be class indices in 0..{num_classes - 1}, got {outside[:5].tolist()}"
+        )
+    return array.astype(np.int64)
+
+
 def show_images(
     images: np.ndarray,
     labels: Sequence[int] | np.ndarray,
@@ -28,19 +44,30 @@ def show_images(
     Images are uint8 (N, H, W, 3) or float in [0, 1].
     """
     count = len(images)
-    if count == 0 or len(labels) != count:
-        raise ValueError(f"need as many labels as images, got {len(labels)} and {count}")
+    if count == 0:
+        raise ValueError("show_images needs at least one image, got none")
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    if len(labels) != count:
+        raise ValueError(f"need as many labels as images, got {len(labels)} for {count} images")
+    if predictions is not None and len(predictions) != count:
+        raise ValueError(
+            f"need as many predictions as images, got {len(predictions)} for {count} images"
+        )
+    labels = _class_indices(labels, "labels", len(class_names))
+    if predictions is not None:
+        predictions = _class_indices(predictions, "predictions", len(class_names))
     rows = -(-count // columns)
     figure = _figure(1.6 * columns, 1.8 * rows)
     for index in range(count):
         axes = figure.add_subplot(rows, columns, index + 1)
         axes.imshow(np.asarray(images[index]), interpolation="nearest")
         axes.set_axis_off()
-        truth = class_names[int(labels[index])]
+        truth = class_names[labels[index]]
         if predictions is None:
             axes.set_title(truth, fontsize=9)
         else:
-            guess = class_names[int(predictions[index])]
+            guess = class_names[predictions[index]]
             colour = "black" if guess == truth else "tab:red"
             axes.set_title(f"{guess}\n({truth})", fontsize=8, color=colour)
     return figure
@@ -72,8 +99,8 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], xlabel: str = "
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts ``matrix[true, predicted]`` as an int64 (num_classes, num_classes) array."""
-    labels = np.asarray(labels)
-    predictions = np.asarray(predictions)
+    labels = _class_indices(labels, "labels", num_classes)
+    predictions = _class_indices(predictions, "predictions", num_classes)
     if labels.shape != predictions.shape:
         raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} differ")
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TypeVar
 
 from tqdm.std import tqdm
@@ -11,12 +11,13 @@ from tqdm.std import tqdm
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], description: str = "", total: int | None = None) -> Iterator[T]:
+def progress(iterable: Iterable[T], description: str = "", total: int | None = None) -> tqdm[T]:
     """Wrap ``iterable`` in a text progress bar (tqdm) that updates at most once a second.
 
     A text bar, not a widget, so it renders the same in JupyterLab, Colab, a
     terminal, a CI log and a notebook viewed on GitHub, and saves no widget state.
-    Use ``bar.set_postfix(loss=...)`` on the returned object to show live numbers.
+    The returned tqdm bar iterates like ``iterable``; call ``bar.set_postfix(loss=...)``
+    on it to show live numbers.
     """
     return tqdm(
         iterable,
