@@ -76,7 +76,7 @@ def measure(device: jax.Device, size: int, dtype: str, repeats: int) -> dict[str
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     parser.add_argument(
@@ -85,7 +85,11 @@ def main() -> int:
     parser.add_argument("--cpu-max-size", type=int, default=DEFAULT_CPU_MAX_SIZE)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or min(args.sizes) < 1:
+        parser.error(
+            f"--repeats and --sizes must be at least 1, got {args.repeats} and {args.sizes}"
+        )
 
     found = sorted({device.platform for device in jax.devices()} | {"cpu"})
     platforms = args.platforms or found

@@ -213,6 +213,8 @@ def compare_one_step(
         theirs, ours = layout(parameter.detach().numpy()), np.asarray(leaf(state.params, path)[...])
         moved = np.linalg.norm(theirs - before[path])
         ratio = float(np.linalg.norm(theirs - ours) / moved)
+        if not np.isfinite(ratio):
+            ratio = float("inf")  # a NaN step must fail the check, and max() would skip it
         worst = max(worst, ratio)
         print(f"  {'.'.join(path):24s} step {moved:9.3g}   difference / step {ratio:.1e}")
     return worst
@@ -237,7 +239,9 @@ def main(argv: list[str] | None = None) -> float:
         parser.error(f"--steps must each be 0 to {WHITEN_BIAS_STEPS - 1}, got {args.steps}")
     if importlib.util.find_spec("torch") is None:
         parser.error("needs PyTorch: pip install -e .[bench] (the CPU build is enough)")
-    tolerance = args.tolerance or (0.005 if args.float32 else 0.05)
+    if args.tolerance is not None and args.tolerance < 0:
+        parser.error(f"--tolerance must be 0 or more, got {args.tolerance}")
+    tolerance = args.tolerance if args.tolerance is not None else (0.005 if args.float32 else 0.05)
     reference = load_reference(args.reference)
 
     import helpers

@@ -58,7 +58,10 @@ PAD = 2
 Flip = Literal["none", "random", "alternating"]
 #: Config fields in the model's compiled-code key; most other fields reach the step as
 #: data (shapes, ``loop``, ``donate``, ``tta`` and the optimiser's state layout aside).
-STATIC_FIELDS = ("model", "widths", "dtype", "batchnorm_momentum", "logit_scale", "head_init")
+STATIC_FIELDS = (
+    "model", "widths", "dtype", "batchnorm_momentum", "logit_scale", "head_init",
+    "whiten_bias_init",
+)  # fmt: skip
 #: Muon's quintic Newton-Schulz iteration (coefficients and steps of airbench94_muon).
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NEWTON_SCHULZ_STEPS = 3
@@ -135,6 +138,9 @@ class Config:
     #: "uniform": PyTorch's default init of the linear head; "unit_std": the same, then
     #: scaled to standard deviation 1 (airbench94_muon)
     head_init: Literal["uniform", "unit_std"] = "uniform"
+    #: the whitening layer's bias at the start: "zeros" (airbench94) or "uniform"
+    #: (PyTorch's default for a conv bias, +-1/sqrt(12): airbench94_muon's plain Conv2d)
+    whiten_bias_init: Literal["zeros", "uniform"] = "zeros"
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
     lookahead_every: int = 5
@@ -145,6 +151,27 @@ class Config:
     eval_batch: int = 2000
 
     def __post_init__(self) -> None:
+        choices = {
+            "model": ("lenet", "airbench"),
+            "dtype": ("bfloat16", "float32"),
+            "loop": ("epoch", "step"),
+            "head_init": ("uniform", "unit_std"),
+            "whiten_bias_init": ("zeros", "uniform"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        for name in ("batch_size", "eval_batch", "lookahead_every", "whiten_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.whiten_bias_epochs < 0 or self.lookahead_start_epochs < 0:
+            raise ValueError("whiten_bias_epochs and lookahead_start_epochs must be 0 or more")
         if self.translate < 0 or self.translate > PAD:
             raise ValueError(f"translate must be 0 to {PAD}, got {self.translate}")
         if self.tta not in (0, 1, 2):
@@ -201,6 +228,7 @@ AIRBENCH94_MUON = Config(
     whiten_bias_decay=True,
     logit_scale=1 / 256,
     head_init="unit_std",
+    whiten_bias_init="uniform",
 )
 #: Notebook 05's recipe expressed as a Config: small network, raw pixels, plain momentum.
 BASELINE = Config(
@@ -346,6 +374,16 @@ def torch_uniform_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.fl
     return jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")(key, shape, dtype)
 
 
+def torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+    """PyTorch's default bias init for ``fan_in`` inputs: uniform in +-1/sqrt(fan_in)."""
+    bound = 1 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
 def dirac_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
     """PyTorch-style uniform init, with the first ``in`` filters set to the identity.
 
@@ -408,9 +446,11 @@ class AirbenchNet(nnx.Module):
         dtype = config.compute_dtype
         w1, w2, w3 = config.widths
         # 24 = 2 * (3 channels * 2 * 2 pixels): each whitening filter and its negative
+        uniform_bias = config.whiten_bias_init == "uniform"
         self.whiten = nnx.Conv(
-            3, 24, (2, 2), padding="VALID", dtype=dtype,
-            kernel_init=torch_uniform_init, rngs=rngs,
+            3, 24, (2, 2), padding="VALID", dtype=dtype, kernel_init=torch_uniform_init,
+            bias_init=torch_bias_init(fan_in=3 * 2 * 2) if uniform_bias else nnx.initializers.zeros,
+            rngs=rngs,
         )  # fmt: skip
         self.group1 = ConvGroup(24, w1, config, rngs)
         self.group2 = ConvGroup(w1, w2, config, rngs)
@@ -963,7 +1003,9 @@ def compiled(
 
     Later calls with the same shapes and ``static_key`` reuse it and report 0 s.
     """
-    key = (name, static_key, donate, _spec(args))
+    # jax.jit's own settings that change the program, as jax.jit's cache also keys on them
+    settings = (jax.config.jax_default_matmul_precision, jax.config.jax_enable_x64)
+    key = (name, static_key, donate, _spec(args), settings)
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     start = time.perf_counter()
@@ -1063,7 +1105,8 @@ class Run:
         keys = rng.integers(0, 2**32, size=(padded_steps, 2), dtype=np.uint32)
         whiten_bias = (epoch < config.whiten_bias_epochs).astype(np.float32)
         if config.whiten_bias_decay:  # a linear decay to 0 over its epochs, instead of lr
-            linear = np.clip(1 - step / (config.whiten_bias_epochs * spe), 0, None)
+            bias_steps = config.whiten_bias_epochs * spe  # 0: the bias never trains
+            linear = np.clip(1 - step / max(bias_steps, 1), 0, None) * (bias_steps > 0)
             whiten_bias = np.where(schedule > 0, linear / schedule, 0).astype(np.float32)
         return StepInputs(
             indices=indices,
@@ -1098,10 +1141,13 @@ class Run:
         step = jax.tree.map(lambda a: a[index], self.plan)
         return step._replace(indices=jax.device_put(step.indices, self._sharding("data")))
 
-    def whiten(self) -> None:
-        """Initialise the first layer from the training images (if ``config.whiten``)."""
+    def whiten(self) -> TrainState:
+        """Initialise the first layer from the training images (if ``config.whiten``).
+
+        Returns the state, so that a caller can wait for the work to finish.
+        """
         if not (self.config.whiten and self.config.model == "airbench"):
-            return
+            return self.state
         count = min(self.config.whiten_images, self.data.train_size)
         images = self.data.train_padded[:count, PAD:-PAD, PAD:-PAD, :]
 
@@ -1113,16 +1159,19 @@ class Run:
         args = (images, self.hyper.mean, self.hyper.std)
         fn = self._compile("whiten", kernel_fn, args, self.config.whiten_eps)
         self.state = set_whitening(self.state, fn(*args))
+        return self.state
 
     def train_range(self, start: int, stop: int) -> jax.Array:
         """Run steps ``start`` to ``stop`` as one compiled call; return their losses.
 
-        Without ``scan`` (on a CPU), one call per step: the same steps, the same results.
+        Without ``scan`` (on a CPU), one call per step: the same steps, the same results,
+        except that padding steps after the last one are not run (their losses are NaN).
         """
         if self.scan:
             return self._train_call(train_steps, self._steps(start, stop))
-        steps = range(start, stop)
-        return jnp.stack([self._train_call(train_on_device_step, self._step(i)) for i in steps])
+        last = min(stop, self.total_steps)
+        losses = [self._train_call(train_on_device_step, self._step(i)) for i in range(start, last)]
+        return jnp.concatenate([jnp.stack(losses), jnp.full(stop - last, jnp.nan)])
 
     def _train_call(self, function: Callable[..., Any], steps: StepInputs) -> jax.Array:
         """One compiled call of :func:`train_steps` or :func:`train_on_device_step`."""
@@ -1207,7 +1256,8 @@ def train_and_evaluate(
     train_start = clock
     for epoch in range(run.epochs):
         epoch_losses = timed(lambda epoch=epoch: run.train_epoch(epoch))
-        losses.append(float(np.nanmean(np.asarray(epoch_losses))))
+        active = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
+        losses.append(float(np.mean(np.asarray(epoch_losses)[:active])))  # NaN if diverged
         if eval_each_epoch:
             accuracies.append(float(run.evaluate(0)[0]))
         if on_epoch is not None:
@@ -1314,11 +1364,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU")
     parser.add_argument("--recipe-runs", type=int, default=0, help="extra full-recipe runs")
     args = parser.parse_args(argv)
+    if args.recipe_runs < 0:
+        parser.error(f"--recipe-runs must be 0 or more, got {args.recipe_runs}")
     cifar = load_cifar10()
-    shrink = smoke_config if args.smoke else (lambda c: c)
     sizes = (512, 256) if args.smoke else (None, None)
-    if args.smoke:
-        shrink = lambda c: dataclasses.replace(smoke_config(c), epochs=1.0)  # noqa: E731
+
+    def shrink(config: Config) -> Config:
+        return dataclasses.replace(smoke_config(config), epochs=1.0) if args.smoke else config
+
     data = put_on_device(cifar, *sizes)
     rows = ablation_configs(shrink)
     recipe = rows[len(ACCURACY_STEPS) - 1][1]

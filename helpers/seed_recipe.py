@@ -226,6 +226,9 @@ def conv_relu_pool(conv: nnx.Conv, x: jax.Array, input_is_data: bool = False) ->
         and conv.feature_group_count == 1
         and conv.mask is None
         and conv.bias is not None
+        and conv.dtype is None  # the fast path computes in the inputs' dtype, at default
+        and conv.precision is None  # precision, as an unconfigured nnx.Conv does
+        and x.dtype == kernel.dtype
         and kernel.shape[1] == k
         and k % 2 == 1
         and x.shape[1] % 2 == 0

@@ -106,6 +106,14 @@ def test_xla_option_parses_name_value_pairs() -> None:
             benchmark.xla_option(bad)
 
 
+def test_matmul_sizes_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    sizes = load_script(ROOT / "benchmarks" / "matmul_sizes.py")
+    for argv in (["--repeats", "0"], ["--sizes", "64", "0"]):
+        with pytest.raises(SystemExit):
+            sizes.main(argv)
+        assert "--repeats and --sizes must be at least 1" in capsys.readouterr().err
+
+
 MUON_CHECK = ROOT / "benchmarks" / "muon_reference_check.py"
 #: the reader's copy of airbench94_muon.py (not part of this repository), if any
 MUON_REFERENCE = os.environ.get("AIRBENCH94_MUON_REFERENCE")
@@ -121,6 +129,7 @@ def test_muon_check_rejects_bad_arguments_before_loading_anything(
         (["--reference", str(tmp_path / "missing.py")], "missing.py: no such file (fetch"),
         (["--reference", str(reference), "--batch", "1"], "--batch must be 2 to 50000, got 1"),
         (["--reference", str(reference), "--steps", "0", "75"], "--steps must each be 0 to 74"),
+        (["--reference", str(reference), "--tolerance", "-1"], "--tolerance must be 0 or more"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit):

@@ -49,6 +49,15 @@ def data() -> fc.DeviceData:
         ({"flip": "sometimes"}, "flip must be none, random or alternating, got 'sometimes'"),
         ({"optimizer": "adam"}, "optimizer must be momentum, nesterov or muon, got 'adam'"),
         ({"optimizer": "muon", "model": "lenet"}, "optimizer 'muon' needs model 'airbench'"),
+        ({"model": "resnet"}, "model must be one of lenet, airbench, got 'resnet'"),
+        ({"loop": "epochs"}, "loop must be one of epoch, step, got 'epochs'"),
+        ({"dtype": "float16"}, "dtype must be one of bfloat16, float32, got 'float16'"),
+        ({"whiten_bias_init": "ones"}, "whiten_bias_init must be one of zeros, uniform"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"lookahead_every": 0}, "lookahead_every must be at least 1, got 0"),
+        ({"epochs": 0.0}, "epochs must be positive, got 0.0"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+        ({"whiten_bias_epochs": -1}, "whiten_bias_epochs and lookahead_start_epochs must be 0"),
     ],
 )
 def test_config_rejects_bad_settings(change: dict[str, object], message: str) -> None:
@@ -296,16 +305,76 @@ def test_muon_recipe_lowers_the_loss(data: fc.DeviceData) -> None:
     assert result.epoch_losses[-1] < result.epoch_losses[0] - 0.05
 
 
+def test_whitening_bias_starts_as_in_each_reference() -> None:
+    """airbench94 zeroes the whitening bias; airbench94_muon keeps PyTorch's Conv2d init."""
+    zeros = fc.make_model(fc.AIRBENCH94, 0).whiten.bias[...]
+    uniform = np.asarray(fc.make_model(fc.AIRBENCH94_MUON, 0).whiten.bias[...])
+    assert not np.asarray(zeros).any()
+    assert np.abs(uniform).max() <= 1 / np.sqrt(12) and np.abs(uniform).mean() > 0.05
+
+
+def test_whitening_bias_can_stay_frozen(data: fc.DeviceData) -> None:
+    """whiten_bias_epochs=0 with the Muon recipe's decay: no division by zero, no NaN."""
+    config = dataclasses.replace(
+        fc.smoke_config(fc.AIRBENCH94_MUON), epochs=1.0, whiten_bias_epochs=0
+    )
+    run = fc.Run(config, data, seed=0)
+    assert not np.asarray(run.plan.train_whiten_bias).any()
+    before = np.asarray(run.state.params["whiten"]["bias"][...])
+    run.whiten()
+    assert np.isfinite(np.asarray(run.train_epoch(0))[: run.total_steps]).all()
+    np.testing.assert_array_equal(np.asarray(run.state.params["whiten"]["bias"][...]), before)
+
+
+def test_a_diverged_run_reports_nan_losses(data: fc.DeviceData) -> None:
+    """Padding steps are NaN too, but they must not hide NaN from a diverging step."""
+    result = fc.train_and_evaluate(dataclasses.replace(TINY, lr=1e30), data, seed=0)
+    assert np.isnan(result.epoch_losses).all()
+
+
+def test_host_step_and_device_loops_train_alike(data: fc.DeviceData) -> None:
+    """Batches made by NumPy on the host, or one call per step without donation: same run."""
+    config = dataclasses.replace(TINY, translate=0)  # host and device crops draw differently
+    variants = [config, dataclasses.replace(config, data_on_device=False),
+                dataclasses.replace(config, loop="step", donate=False)]  # fmt: skip
+    losses = []
+    for variant in variants:
+        run = fc.Run(variant, data, seed=2)
+        run.whiten()
+        losses.append(np.concatenate([run.train_epoch(epoch) for epoch in range(run.epochs)]))
+    assert len(losses[0]) == 16 and np.isfinite(losses[0]).all()
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-5)
+
+
+def test_compiled_code_follows_the_matmul_precision() -> None:
+    args = (jnp.ones((4, 4)),)
+    _, first = fc.compiled("precision-test", lambda x: x @ x, args, None)
+    with jax.default_matmul_precision("highest"):
+        _, again = fc.compiled("precision-test", lambda x: x @ x, args, None)
+    assert first > 0 and again > 0, "a different precision must compile its own program"
+
+
+def test_ablation_main_rejects_negative_recipe_runs(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        fc.main(["--out", str(tmp_path / "out.jsonl"), "--recipe-runs", "-1"])
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_one_call_per_step_equals_one_scanned_call(data: fc.DeviceData) -> None:
     """On a CPU, Run calls the step once per step instead of scanning: the same numbers."""
     config = dataclasses.replace(TINY, epochs=1.5)  # the last epoch has padding steps
     per_step, scanned = fc.Run(config, data, seed=1), fc.Run(config, data, seed=1, scan=True)
     assert not per_step.scan, "the default on a CPU is one call per step"
+    calls = []
+    train_call = per_step._train_call
+    per_step._train_call = lambda *args: calls.append(1) or train_call(*args)  # type: ignore[method-assign]
     losses = []
     for run in (per_step, scanned):
         run.whiten()
         losses.append(np.concatenate([run.train_epoch(epoch) for epoch in range(run.epochs)]))
     total = per_step.total_steps  # 12 of 16 planned steps are active
+    assert len(calls) == total, "padding steps are not run one by one"
     assert np.isfinite(losses[0][:total]).all() and np.isnan(losses[0][total:]).all()
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
     # The two programs round differently (XLA:CPU uses other convolution code in a loop):
