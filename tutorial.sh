@@ -7,53 +7,87 @@
 #   ./tutorial.sh test       ruff (lint, format), unit tests and nbval over every notebook
 #   ./tutorial.sh setup      only set up (or update) .venv
 #
-# GPU: run `export TUTORIAL_JAX=cuda12` (or cuda13) once before the commands above;
-# the next command installs jax with NVIDIA's CUDA wheels into .venv.
+# GPU: `TUTORIAL_JAX=cuda12 ./tutorial.sh setup` (or cuda13) installs jax with NVIDIA's
+# CUDA wheels into .venv, which remembers it; `TUTORIAL_JAX=cpu` goes back.
 set -euo pipefail
+script=${BASH_SOURCE[0]##*/}
+# Relative paths mean the folder the command was run from; notebooks run in notebooks/.
+for name in CIFAR10_PATH TUTORIAL_CACHE_DIR; do
+  value=${!name:-}
+  if [[ -n "$value" && "$value" != /* && "$value" != "~"* ]]; then export "$name=$PWD/$value"; fi
+done
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 venv=${TUTORIAL_VENV:-.venv}
-jax_variant=${TUTORIAL_JAX:-cpu}
+stamp_file="$venv/.tutorial-installed"  # "<hash of the package lists>-<jax variant>"
+installed_variant=""
+if [[ -f "$stamp_file" ]]; then installed_variant=$(sed 's/.*-//' "$stamp_file"); fi
+case "$installed_variant" in cpu | cuda12 | cuda13) ;; *) installed_variant="" ;; esac
+jax_variant=${TUTORIAL_JAX:-${installed_variant:-cpu}}  # a CUDA .venv stays CUDA in a new shell
 # XLA:CPU allocates hundreds of MB of scratch memory per training step; by default glibc
 # returns it to the kernel and every step pays ~150,000 page faults (notebook 05, section
-# 8). Keeping freed memory for reuse made a training step there 1.7x faster. Not with a GPU build
-# of JAX: one shared heap slows XLA's multi-threaded GPU compiler (3 s -> 23 s on an
-# H200). Other C libraries and operating systems ignore the variable.
+# 8). Keeping freed memory for reuse made a training step there about 1.6x faster. Not with
+# a GPU build of JAX: one shared heap slows XLA's multi-threaded GPU compiler (3 s -> 23 s
+# on an H200). Other C libraries and operating systems ignore the variable.
 if [[ "$jax_variant" == cpu ]]; then
   export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647}
 fi
 
+supported_python() {  # tensorflow (it loads CIFAR-10 without a local copy) has no 3.14 wheels
+  "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null
+}
+
 find_python() {
-  for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11 python; do
-    if command -v "$candidate" >/dev/null 2>&1 &&
-      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  local candidate
+  if [[ -n "${PYTHON:-}" ]]; then
+    if supported_python "$PYTHON"; then echo "$PYTHON"; return; fi
+    echo "$script: PYTHON=$PYTHON is not a Python 3.11, 3.12 or 3.13" >&2
+    return 1
+  fi
+  for candidate in python3 python3.13 python3.12 python3.11 python; do
+    if command -v "$candidate" >/dev/null 2>&1 && supported_python "$candidate"; then
       echo "$candidate"
       return
     fi
   done
-  echo "tutorial.sh: needs Python 3.11 or newer (none found; set PYTHON=/path/to/python3.11)" >&2
-  exit 1
+  echo "$script: needs Python 3.11, 3.12 or 3.13 (none found; set PYTHON=/path/to/python3.12)" >&2
+  return 1
+}
+
+fingerprint() {  # sha256sum is GNU coreutils; macOS has shasum (same digest)
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum; else shasum -a 256; fi
 }
 
 setup() {
+  local jax_spec stamp python
   case "$jax_variant" in
     cpu) jax_spec="jax" ;;
     cuda12 | cuda13) jax_spec="jax[$jax_variant]" ;;
-    *) echo "tutorial.sh: TUTORIAL_JAX must be cpu, cuda12 or cuda13, not '$jax_variant'" >&2; exit 1 ;;
+    *) echo "$script: TUTORIAL_JAX must be cpu, cuda12 or cuda13, not '$jax_variant'" >&2; exit 1 ;;
   esac
-  local stamp
-  stamp="$(cat pyproject.toml requirements/tested-versions.txt | sha256sum | cut -c1-16)-$jax_variant"
-  if [[ -f "$venv/.tutorial-installed" && "$(cat "$venv/.tutorial-installed")" == "$stamp" ]]; then
+  stamp="$(cat pyproject.toml requirements/tested-versions.txt | fingerprint | cut -c1-16)-$jax_variant"
+  if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
     return
   fi
+  if [[ -x "$venv/bin/python" ]] && ! supported_python "$venv/bin/python"; then
+    echo "$script: $venv has Python $("$venv/bin/python" -V 2>&1 | cut -d' ' -f2)," \
+      "but the series needs 3.11, 3.12 or 3.13; delete it (rm -rf $venv) and run again" >&2
+    exit 1
+  fi
   if [[ ! -x "$venv/bin/python" ]]; then
-    echo "Creating $venv ..."
-    "$(find_python)" -m venv "$venv"
+    python=$(find_python) || exit 1
+    echo "Creating $venv with $python ..."
+    "$python" -m venv "$venv"
   fi
   echo "Installing the series' packages into $venv (first time: a few minutes) ..."
+  if [[ "$installed_variant" == cuda* && "$installed_variant" != "$jax_variant" ]]; then
+    # Left installed, the old plugin would still give JAX its CUDA devices.
+    "$venv/bin/python" -m pip uninstall -q -y "jax-$installed_variant-plugin" "jax-$installed_variant-pjrt"
+  fi
+  echo "incomplete-$jax_variant" >"$stamp_file"  # an interrupted install is retried, same variant
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -c requirements/tested-versions.txt "$jax_spec" -e ".[dev]"
-  echo "$stamp" >"$venv/.tutorial-installed"
+  echo "$stamp" >"$stamp_file"
 }
 
 command=${1:-help}
@@ -62,9 +96,8 @@ case "$command" in
   lab)
     setup
     shift
-    as_root=()
-    if [[ $EUID -eq 0 ]]; then as_root=(--allow-root); fi  # containers often run as root
-    exec "$venv/bin/jupyter" lab "${as_root[@]}" "$@" notebooks/
+    if [[ $EUID -eq 0 ]]; then set -- --allow-root "$@"; fi  # containers often run as root
+    exec "$venv/bin/jupyter" lab "$@" notebooks/
     ;;
   headless) setup; shift; exec "$venv/bin/python" -m helpers.run_series "$@" ;;
   test)
@@ -74,5 +107,10 @@ case "$command" in
     "$venv/bin/python" -m helpers.notebook_header
     exec "$venv/bin/python" -m pytest --nbval --nbval-current-env -p no:cacheprovider tests notebooks
     ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; [[ "$command" == help ]] ;;
+  help | -h | --help) sed -n '2,11p' "$script" | sed 's/^# \{0,1\}//' ;;
+  *)
+    echo "$script: unknown command '$command'" >&2
+    sed -n '2,11p' "$script" | sed 's/^# \{0,1\}//' >&2
+    exit 1
+    ;;
 esac

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -135,22 +137,155 @@ def test_run_series_executes_and_reports_key_result(tmp_path: Path) -> None:
     assert seconds > 0 and "execution" not in executed.cells[1].metadata
 
 
-def test_tutorial_sh_rejects_unknown_jax_variant() -> None:
-    result = subprocess.run(
-        ["bash", str(ROOT / "tutorial.sh"), "setup"],
-        env={**os.environ, "TUTORIAL_JAX": "rocm"},
+# tutorial.sh against a stand-in .venv (TUTORIAL_VENV) whose python and jupyter only log
+# their arguments, so that these tests install nothing.
+BASH = shutil.which("bash") or "/bin/bash"  # found here even when a test narrows PATH
+STAMPED_FILES = ("pyproject.toml", "requirements/tested-versions.txt")
+CLEAN_ENV = {
+    name: value
+    for name, value in os.environ.items()
+    if name not in {"TUTORIAL_JAX", "TUTORIAL_VENV", "GLIBC_TUNABLES", "PYTHON", "CIFAR10_PATH"}
+}
+
+
+def fake_venv(tmp_path: Path, variant: str | None, python_ok: bool = True) -> Path:
+    """A .venv stand-in; ``variant`` None leaves it without the installed-stamp."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "log"
+    for tool in ("python", "jupyter"):
+        stub = venv / "bin" / tool
+        stub.write_text(
+            "#!/usr/bin/env bash\n"
+            f'if [[ "$1" == -c ]]; then exit {0 if python_ok else 1}; fi\n'
+            'if [[ "$1" == -V ]]; then echo "Python 3.14.0"; exit; fi\n'
+            f'echo "{tool} $* | GLIBC_TUNABLES=${{GLIBC_TUNABLES:-unset}}'
+            f' CIFAR10_PATH=${{CIFAR10_PATH:-unset}}" >>"{log}"\n'
+        )
+        stub.chmod(0o755)
+    if variant is not None:
+        digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in STAMPED_FILES))
+        (venv / ".tutorial-installed").write_text(f"{digest.hexdigest()[:16]}-{variant}\n")
+    return venv
+
+
+def run_tutorial_sh(
+    *args: str, cwd: Path = ROOT, script: Path | str = ROOT / "tutorial.sh", **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BASH, str(script), *args],
+        cwd=cwd,
+        env={**CLEAN_ENV, **env},
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def logged(tmp_path: Path) -> list[str]:
+    log = tmp_path / "log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_tutorial_sh_rejects_unknown_jax_variant() -> None:
+    result = run_tutorial_sh("setup", TUTORIAL_JAX="rocm")
     assert result.returncode == 1
     assert "TUTORIAL_JAX must be cpu, cuda12 or cuda13, not 'rocm'" in result.stderr
 
 
-def test_tutorial_sh_help_lists_the_commands() -> None:
-    result = subprocess.run(
-        ["bash", str(ROOT / "tutorial.sh"), "help"], capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 0
+def test_tutorial_sh_help_lists_the_commands_from_any_folder(tmp_path: Path) -> None:
+    relative = os.path.relpath(ROOT / "tutorial.sh", tmp_path)
+    result = run_tutorial_sh("help", cwd=tmp_path, script=relative)
+    assert result.returncode == 0, result.stderr
     for command in ("lab", "headless", "test", "TUTORIAL_JAX=cuda12"):
         assert command in result.stdout
+
+
+def test_tutorial_sh_names_an_unknown_command() -> None:
+    result = run_tutorial_sh("bogus")
+    assert result.returncode == 1
+    assert result.stderr.startswith("tutorial.sh: unknown command 'bogus'\n")
+    assert "./tutorial.sh headless" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(("variant", "tunables"), [("cuda12", False), ("cpu", True)])
+def test_tutorial_sh_keeps_the_installed_jax_variant(
+    tmp_path: Path, variant: str, tunables: bool
+) -> None:
+    venv = fake_venv(tmp_path, variant)
+    result = run_tutorial_sh("headless", "--inplace", "05_x.ipynb", TUTORIAL_VENV=str(venv))
+    assert result.returncode == 0, result.stderr
+    [line] = logged(tmp_path)  # no pip: the stamp matched
+    assert line.startswith("python -m helpers.run_series --inplace 05_x.ipynb | ")
+    assert ("GLIBC_TUNABLES=glibc.malloc.arena_max=1" in line) == tunables
+
+
+def test_tutorial_sh_removes_the_cuda_plugin_when_switching_to_cpu(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, "cuda12")
+    result = run_tutorial_sh("setup", TUTORIAL_VENV=str(venv), TUTORIAL_JAX="cpu")
+    assert result.returncode == 0, result.stderr
+    calls = [line.partition(" |")[0] for line in logged(tmp_path)]
+    assert calls == [
+        "python -m pip uninstall -q -y jax-cuda12-plugin jax-cuda12-pjrt",
+        "python -m pip install -q --upgrade pip",
+        "python -m pip install -q -c requirements/tested-versions.txt jax -e .[dev]",
+    ]
+    assert (venv / ".tutorial-installed").read_text().strip().endswith("-cpu")
+
+
+def test_tutorial_sh_lab_passes_arguments_on(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, "cpu")
+    for args, expected in (([], "lab notebooks/"), (["--port", "1"], "lab --port 1 notebooks/")):
+        (tmp_path / "log").unlink(missing_ok=True)
+        result = run_tutorial_sh("lab", *args, TUTORIAL_VENV=str(venv))
+        assert result.returncode == 0, result.stderr
+        [line] = logged(tmp_path)
+        as_root = "--allow-root " if os.geteuid() == 0 else ""
+        assert line.partition(" |")[0] == "jupyter " + expected.replace("lab ", "lab " + as_root)
+
+
+def test_tutorial_sh_makes_relative_data_paths_absolute(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, "cpu")
+    result = run_tutorial_sh(
+        "headless", cwd=tmp_path, TUTORIAL_VENV=str(venv), CIFAR10_PATH="data/cifar.tar.gz"
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"CIFAR10_PATH={tmp_path}/data/cifar.tar.gz" in logged(tmp_path)[0]
+
+
+def test_tutorial_sh_refuses_a_venv_with_an_unsupported_python(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, None, python_ok=False)
+    result = run_tutorial_sh("setup", TUTORIAL_VENV=str(venv))
+    assert result.returncode == 1
+    assert "has Python 3.14.0, but the series needs 3.11, 3.12 or 3.13" in result.stderr
+    assert logged(tmp_path) == []
+
+
+def tools_folder(tmp_path: Path, names: tuple[str, ...]) -> Path:
+    """A folder to use as PATH that holds only the named programs."""
+    folder = tmp_path / "tools"
+    folder.mkdir()
+    for name in names:
+        found = shutil.which(name)
+        if found is None:
+            pytest.skip(f"{name} is not installed")
+        (folder / name).symlink_to(found)
+    return folder
+
+
+def test_tutorial_sh_says_when_no_python_fits(tmp_path: Path) -> None:
+    tools = tools_folder(tmp_path, ("cat", "cut", "dirname", "sed", "sha256sum"))
+    result = run_tutorial_sh("setup", TUTORIAL_VENV=str(tmp_path / "new"), PATH=str(tools))
+    assert result.returncode == 1
+    assert result.stderr.startswith("tutorial.sh: needs Python 3.11, 3.12 or 3.13 (none found")
+    assert "command not found" not in result.stderr
+
+
+def test_tutorial_sh_uses_shasum_without_sha256sum(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, "cpu")
+    tools = tools_folder(tmp_path, ("bash", "cat", "cut", "dirname", "sed", "shasum"))
+    result = run_tutorial_sh("headless", TUTORIAL_VENV=str(venv), PATH=str(tools))
+    assert result.returncode == 0, result.stderr
+    assert [line.partition(" |")[0] for line in logged(tmp_path)] == [
+        "python -m helpers.run_series"  # the digest matched the stamp: nothing to install
+    ]
