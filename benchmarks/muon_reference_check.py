@@ -237,10 +237,10 @@ def main(argv: list[str] | None = None) -> float:
         parser.error(f"--batch must be 2 to 50000, got {args.batch}")
     if any(not 0 <= k < WHITEN_BIAS_STEPS for k in args.steps):
         parser.error(f"--steps must each be 0 to {WHITEN_BIAS_STEPS - 1}, got {args.steps}")
-    if importlib.util.find_spec("torch") is None:
-        parser.error("needs PyTorch: pip install -e .[bench] (the CPU build is enough)")
     if args.tolerance is not None and args.tolerance < 0:
         parser.error(f"--tolerance must be 0 or more, got {args.tolerance}")
+    if importlib.util.find_spec("torch") is None:
+        parser.error("needs PyTorch: pip install -e .[bench] (the CPU build is enough)")
     tolerance = args.tolerance if args.tolerance is not None else (0.005 if args.float32 else 0.05)
     reference = load_reference(args.reference)
 
