@@ -176,21 +176,28 @@ def _load_cached(source: Path) -> CIFAR10:
     return dataset
 
 
-def _iter_folder(root: Path) -> Generator[tuple[PurePosixPath, bytes], None, None]:
+#: (path inside the copy, (split, class folder) from :func:`_locate`, file contents)
+ImageFile = tuple[PurePosixPath, tuple[str, str], bytes]
+
+
+def _iter_folder(root: Path) -> Generator[ImageFile, None, None]:
     for file in sorted(root.rglob("*")):
         relative = PurePosixPath(file.relative_to(root).as_posix())
-        if _locate(relative) is not None and file.is_file():
-            yield relative, file.read_bytes()  # only images are read
+        located = _locate(relative)
+        if located is not None and file.is_file():
+            yield relative, located, file.read_bytes()  # only images are read
 
 
-def _iter_archive(archive: Path) -> Generator[tuple[PurePosixPath, bytes], None, None]:
+def _iter_archive(archive: Path) -> Generator[ImageFile, None, None]:
     try:
         with tarfile.open(archive) as tar:
             for member in tar:
-                if member.isfile() and _locate(PurePosixPath(member.name)) is not None:
+                relative = PurePosixPath(member.name)
+                located = _locate(relative)
+                if member.isfile() and located is not None:
                     handle = tar.extractfile(member)
                     assert handle is not None
-                    yield PurePosixPath(member.name), handle.read()
+                    yield relative, located, handle.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DatasetError(
             f"{archive} is truncated or not a valid archive ({error}). Download or copy it again."
@@ -230,11 +237,7 @@ def _decode_image_folder(source: Path) -> CIFAR10:
     keys: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
     counts = {(s, c): 0 for s in SPLITS for c in CLASS_NAMES}
     with contextlib.closing(files):  # an error below closes the archive at once
-        for relative, data in files:
-            located = _locate(relative)
-            if located is None:
-                continue
-            split, class_name = located
+        for relative, (split, class_name), data in files:
             if class_name not in CLASS_NAMES:
                 raise DatasetError(
                     f"Unknown class folder {relative.parent} in {source}; "
