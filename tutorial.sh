@@ -90,6 +90,8 @@ setup() {
   echo "$stamp" >"$stamp_file"
 }
 
+usage() { sed -n '2,11p' "$script" | sed 's/^# \{0,1\}//'; }  # the comment at the top
+
 command=${1:-help}
 case "$command" in
   setup) setup ;;
@@ -107,10 +109,10 @@ case "$command" in
     "$venv/bin/python" -m helpers.notebook_header
     exec "$venv/bin/python" -m pytest --nbval --nbval-current-env -p no:cacheprovider tests notebooks
     ;;
-  help | -h | --help) sed -n '2,11p' "$script" | sed 's/^# \{0,1\}//' ;;
+  help | -h | --help) usage ;;
   *)
     echo "$script: unknown command '$command'" >&2
-    sed -n '2,11p' "$script" | sed 's/^# \{0,1\}//' >&2
+    usage >&2
     exit 1
     ;;
 esac
