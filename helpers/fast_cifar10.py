@@ -1202,15 +1202,19 @@ class Run:
         self.state, loss = executable(*args)
         return loss
 
+    def epoch_steps(self, epoch: int) -> range:
+        """The active (not padding) steps of ``epoch``."""
+        start = epoch * self.steps_per_epoch
+        return range(start, min(start + self.steps_per_epoch, self.total_steps))
+
     def train_epoch(self, epoch: int) -> jax.Array:
         """All steps of one epoch, the way ``config.loop`` and ``data_on_device`` say."""
-        start = epoch * self.steps_per_epoch
-        stop = min(start + self.steps_per_epoch, self.total_steps)
+        steps = self.epoch_steps(epoch)
         if not self.config.data_on_device:
-            return jnp.stack([self.train_host_step(i) for i in range(start, stop)])
+            return jnp.stack([self.train_host_step(i) for i in steps])
         if self.config.loop == "step":
-            return jnp.concatenate([self.train_range(i, i + 1) for i in range(start, stop)])
-        return self.train_range(start, start + self.steps_per_epoch)  # padded last epoch
+            return jnp.concatenate([self.train_range(i, i + 1) for i in steps])
+        return self.train_range(steps.start, steps.start + self.steps_per_epoch)  # padded
 
     def evaluate(self, level: int | None = None) -> np.ndarray:
         """Test accuracy for TTA levels 0..``level`` (default ``config.tta``)."""
@@ -1256,7 +1260,7 @@ def train_and_evaluate(
     train_start = clock
     for epoch in range(run.epochs):
         epoch_losses = timed(lambda epoch=epoch: run.train_epoch(epoch))
-        active = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
+        active = len(run.epoch_steps(epoch))  # the rest are padding steps, NaN
         losses.append(float(np.mean(np.asarray(epoch_losses)[:active])))  # NaN if diverged
         if eval_each_epoch:
             accuracies.append(float(run.evaluate(0)[0]))
