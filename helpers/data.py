@@ -26,6 +26,8 @@ import os
 import socket
 import tarfile
 import threading
+import urllib.parse
+import urllib.request
 import warnings
 import zipfile
 import zlib
@@ -289,17 +291,36 @@ def _tfds_has_prepared_cifar10(data_dir: Path | None) -> bool:
     return any((root / "cifar10").glob("*/dataset_info.json"))
 
 
-def _can_reach_download_host() -> bool:
-    """Whether the download host answers within DOWNLOAD_PROBE_TIMEOUT_S.
+def _download_route() -> tuple[str, int, bool]:
+    """Where a download connects first: ``(host, port, through_proxy)``.
 
-    The probe runs in a thread with a deadline because a name lookup on a machine
-    without network can hang far longer than the connect timeout.
+    tensorflow-datasets downloads with ``requests``, which goes through the proxy named
+    in ``HTTPS_PROXY``/``https_proxy`` unless ``NO_PROXY`` exempts the host; behind such
+    a proxy the download host itself is often unreachable, so the proxy is what to probe.
     """
+    proxy = urllib.request.getproxies().get("https")
+    if not proxy or urllib.request.proxy_bypass(DOWNLOAD_HOST[0]):
+        return (*DOWNLOAD_HOST, False)
+    url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number: let the probe fail on the host
+        port = 80
+    return url.hostname or proxy, port, True
+
+
+def _can_reach_download_host() -> bool:
+    """Whether the download host, or the HTTPS proxy in front of it, answers in time.
+
+    The probe runs in a thread with a deadline (DOWNLOAD_PROBE_TIMEOUT_S) because a name
+    lookup on a machine without network can hang far longer than the connect timeout.
+    """
+    host, port, _ = _download_route()
     reached: list[bool] = []
 
     def probe() -> None:
         try:
-            socket.create_connection(DOWNLOAD_HOST, timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
+            socket.create_connection((host, port), timeout=DOWNLOAD_PROBE_TIMEOUT_S).close()
             reached.append(True)
         except OSError:
             pass
@@ -313,9 +334,11 @@ def _can_reach_download_host() -> bool:
 def _load_with_tfds(data_dir: Path | None) -> CIFAR10:
     prepared = _tfds_has_prepared_cifar10(data_dir)
     if not prepared and not _can_reach_download_host():
+        host, port, through_proxy = _download_route()
+        unreachable = f"the HTTPS proxy {host}:{port} (HTTPS_PROXY)" if through_proxy else host
         raise DatasetError(
             "No local CIFAR-10 copy and no network to download one: "
-            f"{DOWNLOAD_HOST[0]} cannot be reached. Either connect to the internet "
+            f"{unreachable} cannot be reached. Either connect to the internet "
             "(tensorflow-datasets then downloads about 160 MB once), or set "
             "CIFAR10_PATH to a local copy: an image folder split/class/*.jpg, a "
             ".tar.gz of one, or a TFDS data directory holding a prepared cifar10."

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,21 @@ def test_truncated_archive(tiny_archive: Path) -> None:
         load_cifar10(tiny_archive)
 
 
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probes go straight to the download host, whatever proxy the machine has set."""
+    for name in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def listening_port() -> Generator[int, None, None]:
+    """A local TCP port that accepts connections, standing in for a proxy."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+@pytest.mark.usefixtures("no_proxy_settings")
 def test_offline_without_copy_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # nothing prepared there
     monkeypatch.setattr(data, "DOWNLOAD_HOST", ("cifar-host.invalid", 443))
@@ -158,6 +175,35 @@ def test_really_offline_without_copy_fails_fast(
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     start = time.perf_counter()
     with pytest.raises(DatasetError, match=r"no network .*CIFAR10_PATH"):
+        load_cifar10()
+    assert time.perf_counter() - start < 15
+
+
+@pytest.mark.usefixtures("no_proxy_settings")
+def test_probe_goes_through_the_https_proxy(
+    monkeypatch: pytest.MonkeyPatch, listening_port: int
+) -> None:
+    """tensorflow-datasets downloads through HTTPS_PROXY, so a proxy that answers is network
+    even where the download host itself cannot be reached directly."""
+    monkeypatch.setattr(data, "DOWNLOAD_HOST", ("cifar-host.invalid", 443))
+    assert data._can_reach_download_host() is False
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{listening_port}")
+    assert data._download_route() == ("127.0.0.1", listening_port, True)
+    assert data._can_reach_download_host() is True
+    monkeypatch.setenv("NO_PROXY", "cifar-host.invalid")  # exempt: straight to the host again
+    assert data._download_route() == ("cifar-host.invalid", 443, False)
+    assert data._can_reach_download_host() is False
+
+
+@pytest.mark.usefixtures("no_proxy_settings")
+def test_unreachable_proxy_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        closed_port = server.getsockname()[1]  # nothing listens there once the server closes
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setenv("https_proxy", f"127.0.0.1:{closed_port}")  # no scheme: http assumed
+    start = time.perf_counter()
+    unreachable = rf"HTTPS proxy 127\.0\.0\.1:{closed_port} .*CIFAR10_PATH"
+    with pytest.raises(DatasetError, match=unreachable):
         load_cifar10()
     assert time.perf_counter() - start < 15
 
