@@ -291,22 +291,23 @@ def _tfds_has_prepared_cifar10(data_dir: Path | None) -> bool:
     return any((root / "cifar10").glob("*/dataset_info.json"))
 
 
-def _download_route() -> tuple[str, int, bool]:
-    """Where a download connects first: ``(host, port, through_proxy)``.
+def _download_route() -> tuple[str, int, str | None]:
+    """Where a download connects first: ``(host, port, proxy setting or None)``.
 
     tensorflow-datasets downloads with ``requests``, which goes through the proxy named
     in ``HTTPS_PROXY``/``https_proxy`` unless ``NO_PROXY`` exempts the host; behind such
     a proxy the download host itself is often unreachable, so the proxy is what to probe.
+    A setting whose port is not a number gets port 0, which no connection reaches.
     """
     proxy = urllib.request.getproxies().get("https")
     if not proxy or urllib.request.proxy_bypass(DOWNLOAD_HOST[0]):
-        return (*DOWNLOAD_HOST, False)
+        return (*DOWNLOAD_HOST, None)
     url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     try:
         port = url.port or (443 if url.scheme == "https" else 80)
-    except ValueError:  # a port that is not a number: let the probe fail on the host
-        port = 80
-    return url.hostname or proxy, port, True
+    except ValueError:
+        port = 0
+    return url.hostname or proxy, port, proxy
 
 
 def _can_reach_download_host() -> bool:
@@ -334,8 +335,8 @@ def _can_reach_download_host() -> bool:
 def _load_with_tfds(data_dir: Path | None) -> CIFAR10:
     prepared = _tfds_has_prepared_cifar10(data_dir)
     if not prepared and not _can_reach_download_host():
-        host, port, through_proxy = _download_route()
-        unreachable = f"the HTTPS proxy {host}:{port} (HTTPS_PROXY)" if through_proxy else host
+        host, _, proxy = _download_route()
+        unreachable = host if proxy is None else f"the HTTPS proxy {proxy} (HTTPS_PROXY)"
         raise DatasetError(
             "No local CIFAR-10 copy and no network to download one: "
             f"{unreachable} cannot be reached. Either connect to the internet "
