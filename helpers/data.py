@@ -336,11 +336,14 @@ def _load_with_tfds(data_dir: Path | None) -> CIFAR10:
     prepared = _tfds_has_prepared_cifar10(data_dir)
     if not prepared and not _can_reach_download_host():
         host, _, proxy = _download_route()
-        unreachable = host if proxy is None else f"the HTTPS proxy {proxy} (HTTPS_PROXY)"
+        if proxy is None:
+            problem, fix = f"{host} cannot be reached", "connect to the internet"
+        else:
+            problem = f"the HTTPS proxy {proxy} (HTTPS_PROXY) cannot be reached"
+            fix = "correct HTTPS_PROXY or unset it"
         raise DatasetError(
-            "No local CIFAR-10 copy and no network to download one: "
-            f"{unreachable} cannot be reached. Either connect to the internet "
-            "(tensorflow-datasets then downloads about 160 MB once), or set "
+            f"No local CIFAR-10 copy and no network to download one: {problem}. "
+            f"Either {fix} (tensorflow-datasets then downloads about 160 MB once), or set "
             "CIFAR10_PATH to a local copy: an image folder split/class/*.jpg, a "
             ".tar.gz of one, or a TFDS data directory holding a prepared cifar10."
         )
