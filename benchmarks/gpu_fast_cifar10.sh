@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Notebook 06's GPU measurements in one go (parts 1 and 2 took 4-6 minutes on an H200; 3 untimed):
+# Notebook 06's GPU measurements in one go (parts 1 and 2 took 4-6 minutes on an H200; 3 alone, 76 s):
 #   1. the ablation rows of notebook 06, once each, plus 4 more runs of the full recipe
 #      -> $OUT/fast_cifar10_ablation.jsonl
 #   2. benchmarks/fast_cifar10.py --runs 5 -> $OUT/fast_cifar10_benchmark.json
