@@ -5,7 +5,9 @@
 #   2. benchmarks/fast_cifar10.py --runs 5 -> $OUT/fast_cifar10_benchmark.json
 #   3. the same with --recipe airbench94_muon -> $OUT/fast_cifar10_muon.json
 #      (2 and 3 are, as always on a GPU, appended to benchmarks/results/fast_cifar10.jsonl)
-# PARTS (default "ablation benchmark muon") picks which of the three run.
+#   4. (only when PARTS names "costs") benchmarks/fast_cifar10_costs.py muon donation
+#      -> $OUT/fast_cifar10_costs.jsonl (about 2 minutes on an H200 from an empty cache)
+# PARTS (default "ablation benchmark muon") picks which parts run.
 # Needs: jax with CUDA, flax, optax, numpy, Pillow, matplotlib, tqdm (no TensorFlow),
 # and the CIFAR-10 tarball at .devdata/cifar10-jpeg.tar.gz (or CIFAR10_PATH).
 #
@@ -56,6 +58,11 @@ if [[ " $PARTS " == *" muon "* ]]; then
   log "benchmark: benchmarks/fast_cifar10.py --recipe airbench94_muon --runs $runs"
   timeout 180 "$PYTHON" benchmarks/fast_cifar10.py --recipe airbench94_muon --runs "$runs" \
     "${smoke_flag[@]}" | tee "$OUT/fast_cifar10_muon.json" || log "muon benchmark stopped early (status $?)"
+fi
+if [[ " $PARTS " == *" costs "* ]]; then
+  log "where the time goes: benchmarks/fast_cifar10_costs.py muon donation"
+  timeout 250 "$PYTHON" benchmarks/fast_cifar10_costs.py muon donation "${smoke_flag[@]}" \
+    | tee "$OUT/fast_cifar10_costs.jsonl" || log "cost probes stopped early (status $?)"
 fi
 if [[ -f benchmarks/results/fast_cifar10.jsonl ]]; then
   cp benchmarks/results/fast_cifar10.jsonl "$OUT/"

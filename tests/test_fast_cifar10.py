@@ -421,6 +421,15 @@ def test_sharded_step_equals_single_device_step() -> None:
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
+def load_script(name: str) -> Any:
+    """Import ``benchmarks/<name>`` as a module."""
+    spec = importlib.util.spec_from_file_location(Path(name).stem, ROOT / "benchmarks" / name)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon"])
 def test_benchmark_smoke_prints_the_promised_keys(
     recipe: str,
@@ -430,10 +439,7 @@ def test_benchmark_smoke_prints_the_promised_keys(
 ) -> None:
     import helpers
 
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks/fast_cifar10.py")
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("fast_cifar10.py")
     monkeypatch.setattr(helpers, "load_cifar10", synthetic_cifar)
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results.jsonl")
     result = bench.main(["--smoke", "--runs", "2", "--recipe", recipe])
@@ -444,3 +450,36 @@ def test_benchmark_smoke_prints_the_promised_keys(
     assert keys <= set(printed) and printed == result
     assert printed["runs"] == 2 and 0 <= printed["acc_mean"] <= 1 and printed["recipe"] == recipe
     assert printed["data"] == "official" and not (tmp_path / "results.jsonl").exists()
+
+
+def test_cost_probes_time_every_variant(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import helpers
+
+    costs = load_script("fast_cifar10_costs.py")
+    monkeypatch.setattr(helpers, "load_cifar10", synthetic_cifar)
+    records = costs.main(["--smoke", "muon", "donation", "--repeats", "2"])
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == records
+    assert [(r["probe"], r["label"]) for r in records] == [
+        ("muon", "muon"),
+        ("muon", "muon recipe, nesterov filters"),
+        ("donation", "step, donated"),
+        ("donation", "step, not donated"),
+        ("donation", "epoch, donated"),
+        ("donation", "epoch, not donated"),
+    ]
+    for record in records[:2]:  # two warm runs each, timed in parts
+        assert len(record["seconds"]) == 2 and len(record["accs"]) == 3
+        assert all(t > 0 for t in record["train_seconds"] + record["eval_seconds"])
+    for record in records[2:]:
+        assert len(record["ms_per_step"]) == 2 and min(record["ms_per_step"]) > 0
+        assert record["steps"] == 8  # epoch 1 of 256 images in batches of 32
+
+
+def test_cost_probes_reject_zero_repeats(capsys: pytest.CaptureFixture[str]) -> None:
+    costs = load_script("fast_cifar10_costs.py")
+    with pytest.raises(SystemExit):
+        costs.main(["donation", "--repeats", "0"])
+    assert "--repeats must be at least 1, got 0" in capsys.readouterr().err
