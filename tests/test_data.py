@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -65,12 +66,29 @@ def test_sorted_copy_is_shuffled_reproducibly(tiny_folder: Path) -> None:
     np.testing.assert_array_equal(first.train_labels, second.train_labels)
 
 
-def test_second_load_comes_from_cache(tiny_folder: Path) -> None:
+def test_second_load_comes_from_cache(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = load_cifar10(tiny_folder)
     assert len(list(data.cache_dir().glob("*.npz"))) == 1
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tiny_folder / "test/cat/0000.png")
-    second = load_cifar10(tiny_folder)  # the folder's mtime is unchanged: cache hit
+
+    def no_decoding(source: Path) -> data.CIFAR10:
+        raise AssertionError(f"{source} was decoded again")
+
+    monkeypatch.setattr(data, "_decode_image_folder", no_decoding)
+    second = load_cifar10(tiny_folder)
     np.testing.assert_array_equal(first.test_images, second.test_images)
+
+
+def test_an_image_replaced_in_place_is_noticed(tiny_folder: Path) -> None:
+    first = load_cifar10(tiny_folder)
+    root_mtime = tiny_folder.stat().st_mtime_ns
+    image = tiny_folder / "test/cat/0000.png"
+    before = image.stat()
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # coarse clocks
+    assert tiny_folder.stat().st_mtime_ns == root_mtime  # what the old cache key looked at
+    second = load_cifar10(tiny_folder)
+    assert (second.test_images == 7).all(axis=(1, 2, 3)).sum() == 1
+    assert not (first.test_images == 7).all(axis=(1, 2, 3)).any()
 
 
 def test_broken_cache_is_rebuilt(tiny_folder: Path, tiny_counts: dict[str, int]) -> None:
