@@ -10,8 +10,9 @@ the time of the test-time-augmented evaluation.
 
 ``donation``: one epoch of airbench94 after a compiled warm-up epoch, as one compiled call
 per step or one per epoch, with and without donated buffers, the four variants interleaved
-``--repeats`` times. ``call_ms_median`` is the host time a call takes to return: when it
-is about the time per step, Python, not the GPU, sets the pace.
+``--repeats`` times. ``call_ms_median`` is the time a call takes to return in that loop;
+``idle_call_ms_median`` the same in the next epoch, with the device idle before each call:
+the host's own cost of a call. When that is about the time per step, Python sets the pace.
 
 The data come from ``helpers.load_cifar10()`` (``CIFAR10_PATH`` for a local copy). On a
 CPU every variant calls the step once per step (see ``fast_cifar10.Run``), so there
@@ -26,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +68,10 @@ def muon_cost(data: fc.DeviceData, smoke: bool) -> list[dict[str, Any]]:
     return records
 
 
-def time_one_epoch(config: fc.Config, data: fc.DeviceData) -> tuple[float, float, int]:
-    """Milliseconds per step of epoch 1, median host milliseconds per call, and steps."""
+def time_one_epoch(config: fc.Config, data: fc.DeviceData) -> tuple[float, float, float, int]:
+    """Epoch 1's milliseconds per step and median milliseconds for a call to return; the
+    median milliseconds a call of epoch 2 takes to return when the device is idle before
+    it (the host's own cost of a call); the steps per epoch."""
     import jax
 
     from helpers import fast_cifar10 as fc
@@ -75,19 +79,30 @@ def time_one_epoch(config: fc.Config, data: fc.DeviceData) -> tuple[float, float
     run = fc.Run(config, data, seed=0)
     jax.block_until_ready(run.whiten())
     jax.block_until_ready(run.train_epoch(0))  # compiles
-    steps = run.epoch_steps(1)
-    calls = [lambda: run.train_epoch(1)]  # one scanned call of the padded epoch
-    if config.loop == "step":
-        calls = [lambda i=i: run.train_range(i, i + 1) for i in steps]
+
+    def calls(epoch: int) -> list[Callable[[], jax.Array]]:
+        if config.loop == "step":
+            return [lambda i=i: run.train_range(i, i + 1) for i in run.epoch_steps(epoch)]
+        return [lambda: run.train_epoch(epoch)]  # one scanned call of the padded epoch
+
     call_seconds, losses = [], []
     start = time.perf_counter()
-    for call in calls:
+    for call in calls(1):
         call_start = time.perf_counter()
         losses.append(call())
         call_seconds.append(time.perf_counter() - call_start)
     jax.block_until_ready(losses)
     seconds = time.perf_counter() - start
-    return 1000 * seconds / len(steps), 1000 * statistics.median(call_seconds), len(steps)
+    idle_seconds = []
+    for call in calls(2):
+        jax.block_until_ready(run.state)
+        call_start = time.perf_counter()
+        losses.append(call())
+        idle_seconds.append(time.perf_counter() - call_start)
+    jax.block_until_ready(losses)
+    steps = len(run.epoch_steps(1))
+    return (1000 * seconds / steps, 1000 * statistics.median(call_seconds),
+            1000 * statistics.median(idle_seconds), steps)  # fmt: skip
 
 
 def donation_cost(data: fc.DeviceData, smoke: bool, repeats: int) -> list[dict[str, Any]]:
@@ -102,16 +117,17 @@ def donation_cost(data: fc.DeviceData, smoke: bool, repeats: int) -> list[dict[s
         for loop in ("step", "epoch")
         for donate in (True, False)
     }
-    timings: dict[str, list[tuple[float, float, int]]] = {label: [] for label in variants}
+    timings: dict[str, list[tuple[float, float, float, int]]] = {label: [] for label in variants}
     for _ in range(repeats):
         for label, config in variants.items():
             timings[label].append(time_one_epoch(config, data))
     records = []
     for label, rows in timings.items():
         records.append({
-            "probe": "donation", "label": label, "device": fc.device_name(), "steps": rows[0][2],
-            "ms_per_step": [round(ms, 3) for ms, _, _ in rows],
-            "call_ms_median": [round(call, 3) for _, call, _ in rows],
+            "probe": "donation", "label": label, "device": fc.device_name(), "steps": rows[0][3],
+            "ms_per_step": [round(row[0], 3) for row in rows],
+            "call_ms_median": [round(row[1], 3) for row in rows],
+            "idle_call_ms_median": [round(row[2], 3) for row in rows],
         })  # fmt: skip
     return records
 

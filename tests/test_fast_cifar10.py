@@ -475,6 +475,7 @@ def test_cost_probes_time_every_variant(
         assert all(t > 0 for t in record["train_seconds"] + record["eval_seconds"])
     for record in records[2:]:
         assert len(record["ms_per_step"]) == 2 and min(record["ms_per_step"]) > 0
+        assert len(record["idle_call_ms_median"]) == 2 and min(record["idle_call_ms_median"]) > 0
         assert record["steps"] == 8  # epoch 1 of 256 images in batches of 32
 
 
