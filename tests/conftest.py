@@ -1,10 +1,13 @@
-"""Shared fixtures: small fake CIFAR-10 copies and the real offline copy when present."""
+"""Shared fixtures: small fake CIFAR-10 copies and the real offline copy when present; and
+an importer for the scripts in benchmarks/."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +18,15 @@ from helpers import data
 REAL_COPY = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
 TINY_COUNTS = {"train": 3, "test": 2}
 CONFIGURED_COPY = os.environ.get("CIFAR10_PATH")  # read before the fixtures unset it
+
+
+def load_script(path: Path) -> Any:
+    """Import a benchmark script (``benchmarks/*.py``) as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def learnable_images(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

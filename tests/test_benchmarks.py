@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "seed_recipe.py"
@@ -65,19 +66,10 @@ def hide_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def load_script(path: Path = SCRIPT) -> Any:
-    """Import a benchmark script as a module (default: benchmarks/seed_recipe.py)."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bad_arguments_stop_before_any_data_is_loaded(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    benchmark = load_script()
+    benchmark = load_script(SCRIPT)
     for subset in ("999", "49001"):
         with pytest.raises(SystemExit):
             benchmark.main(["--subset", subset, "--no-save"])
@@ -92,7 +84,7 @@ def test_bad_arguments_stop_before_any_data_is_loaded(
 
 
 def test_xla_option_parses_name_value_pairs() -> None:
-    benchmark = load_script()
+    benchmark = load_script(SCRIPT)
     assert benchmark.xla_option("xla_gpu_autotune_level=0") == ("xla_gpu_autotune_level", 0)
     assert benchmark.xla_option("xla_gpu_enable_triton_gemm=False") == (
         "xla_gpu_enable_triton_gemm",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,9 +21,10 @@ from flax import nnx
 
 from helpers import fast_cifar10 as fc
 from helpers.data import CIFAR10
-from tests.conftest import learnable_images
+from tests.conftest import learnable_images, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
+COSTS_SCRIPT = ROOT / "benchmarks" / "fast_cifar10_costs.py"
 # The benchmark's --smoke configuration and data shapes, so compiled code is shared.
 TINY = dataclasses.replace(fc.smoke_config(fc.AIRBENCH94), epochs=2.0)
 
@@ -421,15 +421,6 @@ def test_sharded_step_equals_single_device_step() -> None:
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
-def load_script(name: str) -> Any:
-    """Import ``benchmarks/<name>`` as a module."""
-    spec = importlib.util.spec_from_file_location(Path(name).stem, ROOT / "benchmarks" / name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon"])
 def test_benchmark_smoke_prints_the_promised_keys(
     recipe: str,
@@ -439,7 +430,7 @@ def test_benchmark_smoke_prints_the_promised_keys(
 ) -> None:
     import helpers
 
-    bench = load_script("fast_cifar10.py")
+    bench = load_script(ROOT / "benchmarks/fast_cifar10.py")
     monkeypatch.setattr(helpers, "load_cifar10", synthetic_cifar)
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results.jsonl")
     result = bench.main(["--smoke", "--runs", "2", "--recipe", recipe])
@@ -457,7 +448,7 @@ def test_cost_probes_time_every_variant(
 ) -> None:
     import helpers
 
-    costs = load_script("fast_cifar10_costs.py")
+    costs = load_script(COSTS_SCRIPT)
     monkeypatch.setattr(helpers, "load_cifar10", synthetic_cifar)
     records = costs.main(["--smoke", "muon", "donation", "--repeats", "2"])
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -480,7 +471,7 @@ def test_cost_probes_time_every_variant(
 
 
 def test_cost_probes_reject_zero_repeats(capsys: pytest.CaptureFixture[str]) -> None:
-    costs = load_script("fast_cifar10_costs.py")
+    costs = load_script(COSTS_SCRIPT)
     with pytest.raises(SystemExit):
         costs.main(["donation", "--repeats", "0"])
     assert "--repeats must be at least 1, got 0" in capsys.readouterr().err
