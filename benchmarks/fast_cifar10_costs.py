@@ -27,9 +27,8 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -68,10 +67,17 @@ def muon_cost(data: fc.DeviceData, smoke: bool) -> list[dict[str, Any]]:
     return records
 
 
-def time_one_epoch(config: fc.Config, data: fc.DeviceData) -> tuple[float, float, float, int]:
-    """Epoch 1's milliseconds per step and median milliseconds for a call to return; the
-    median milliseconds a call of epoch 2 takes to return when the device is idle before
-    it (the host's own cost of a call); the steps per epoch."""
+class EpochTiming(NamedTuple):
+    """One epoch of one variant (see the module docstring)."""
+
+    ms_per_step: float
+    call_ms_median: float
+    idle_call_ms_median: float
+    steps: int
+
+
+def time_one_epoch(config: fc.Config, data: fc.DeviceData) -> EpochTiming:
+    """Time epoch 1 as it runs, then epoch 2 with the device idle before each call."""
     import jax
 
     from helpers import fast_cifar10 as fc
@@ -80,29 +86,28 @@ def time_one_epoch(config: fc.Config, data: fc.DeviceData) -> tuple[float, float
     jax.block_until_ready(run.whiten())
     jax.block_until_ready(run.train_epoch(0))  # compiles
 
-    def calls(epoch: int) -> list[Callable[[], jax.Array]]:
+    def time_calls(epoch: int, idle: bool) -> list[float]:
+        """Seconds each call of ``epoch`` took to return; waits for the last to finish."""
+        calls = [lambda: run.train_epoch(epoch)]  # one scanned call of the padded epoch
         if config.loop == "step":
-            return [lambda i=i: run.train_range(i, i + 1) for i in run.epoch_steps(epoch)]
-        return [lambda: run.train_epoch(epoch)]  # one scanned call of the padded epoch
+            calls = [lambda i=i: run.train_range(i, i + 1) for i in run.epoch_steps(epoch)]
+        seconds, losses = [], []
+        for call in calls:
+            if idle:
+                jax.block_until_ready(run.state)
+            start = time.perf_counter()
+            losses.append(call())
+            seconds.append(time.perf_counter() - start)
+        jax.block_until_ready(losses)
+        return seconds
 
-    call_seconds, losses = [], []
     start = time.perf_counter()
-    for call in calls(1):
-        call_start = time.perf_counter()
-        losses.append(call())
-        call_seconds.append(time.perf_counter() - call_start)
-    jax.block_until_ready(losses)
-    seconds = time.perf_counter() - start
-    idle_seconds = []
-    for call in calls(2):
-        jax.block_until_ready(run.state)
-        call_start = time.perf_counter()
-        losses.append(call())
-        idle_seconds.append(time.perf_counter() - call_start)
-    jax.block_until_ready(losses)
+    call_seconds = time_calls(1, idle=False)
+    epoch_seconds = time.perf_counter() - start
+    idle_seconds = time_calls(2, idle=True)
     steps = len(run.epoch_steps(1))
-    return (1000 * seconds / steps, 1000 * statistics.median(call_seconds),
-            1000 * statistics.median(idle_seconds), steps)  # fmt: skip
+    return EpochTiming(1000 * epoch_seconds / steps, 1000 * statistics.median(call_seconds),
+                       1000 * statistics.median(idle_seconds), steps)  # fmt: skip
 
 
 def donation_cost(data: fc.DeviceData, smoke: bool, repeats: int) -> list[dict[str, Any]]:
@@ -117,17 +122,17 @@ def donation_cost(data: fc.DeviceData, smoke: bool, repeats: int) -> list[dict[s
         for loop in ("step", "epoch")
         for donate in (True, False)
     }
-    timings: dict[str, list[tuple[float, float, float, int]]] = {label: [] for label in variants}
+    timings: dict[str, list[EpochTiming]] = {label: [] for label in variants}
     for _ in range(repeats):
         for label, config in variants.items():
             timings[label].append(time_one_epoch(config, data))
     records = []
     for label, rows in timings.items():
         records.append({
-            "probe": "donation", "label": label, "device": fc.device_name(), "steps": rows[0][3],
-            "ms_per_step": [round(row[0], 3) for row in rows],
-            "call_ms_median": [round(row[1], 3) for row in rows],
-            "idle_call_ms_median": [round(row[2], 3) for row in rows],
+            "probe": "donation", "label": label, "device": fc.device_name(), "steps": rows[0].steps,
+            "ms_per_step": [round(row.ms_per_step, 3) for row in rows],
+            "call_ms_median": [round(row.call_ms_median, 3) for row in rows],
+            "idle_call_ms_median": [round(row.idle_call_ms_median, 3) for row in rows],
         })  # fmt: skip
     return records
 
