@@ -2,10 +2,12 @@
 # One entry point for readers and contributors. Each command sets everything up on
 # first use (a virtual environment in .venv with the tested package versions).
 #
-#   ./tutorial.sh lab        JupyterLab on notebooks/ (extra arguments go to jupyter lab)
-#   ./tutorial.sh headless   execute every notebook in order; print wall time and key result
-#   ./tutorial.sh test       ruff (lint, format), unit tests and nbval over every notebook
-#   ./tutorial.sh setup      only set up (or update) .venv
+#   ./tutorial.sh lab          JupyterLab on notebooks/ (extra arguments go to jupyter lab)
+#   ./tutorial.sh headless     execute every notebook in order; print wall time and key result
+#   ./tutorial.sh test         ruff (lint, format), unit tests and nbval over every notebook
+#   ./tutorial.sh test-latest  the same tests on the newest release of every package (in
+#                              .venv-latest), to see a new release break things before readers do
+#   ./tutorial.sh setup        only set up (or update) .venv
 #
 # GPU: `TUTORIAL_JAX=cuda12 ./tutorial.sh setup` (or cuda13) installs jax with NVIDIA's
 # CUDA wheels into .venv, which remembers it; `TUTORIAL_JAX=cpu` goes back.
@@ -18,7 +20,10 @@ for name in CIFAR10_PATH TUTORIAL_CACHE_DIR; do
 done
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-venv=${TUTORIAL_VENV:-.venv}
+command=${1:-help}
+latest=false  # test-latest: the newest releases, in a virtual environment of their own
+if [[ "$command" == test-latest ]]; then latest=true; fi
+venv=${TUTORIAL_VENV:-$($latest && echo .venv-latest || echo .venv)}
 stamp_file="$venv/.tutorial-installed"  # "<hash of the package lists>-<jax variant>"
 installed_variant=""
 if [[ -f "$stamp_file" ]]; then installed_variant=$(sed 's/.*-//' "$stamp_file"); fi
@@ -33,24 +38,31 @@ if [[ "$jax_variant" == cpu ]]; then
   export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647}
 fi
 
-supported_python() {  # tensorflow (it loads CIFAR-10 without a local copy) has no 3.14 wheels
-  "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null
+supported_python() {  # jax 0.12 and flax 0.12.12 need 3.12; tensorflow has no 3.14 wheels
+  "$1" -c 'import sys; sys.exit(not (3, 12) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null
 }
 
-find_python() {
-  local candidate
+find_python() {  # newest first: Colab runs Python 3.13
+  local candidate pyenv_versions=${PYENV_ROOT:-$HOME/.pyenv}/versions found=""
   if [[ -n "${PYTHON:-}" ]]; then
     if supported_python "$PYTHON"; then echo "$PYTHON"; return; fi
-    echo "$script: PYTHON=$PYTHON is not a Python 3.11, 3.12 or 3.13" >&2
+    echo "$script: PYTHON=$PYTHON is not a Python 3.12 or 3.13" >&2
     return 1
   fi
-  for candidate in python3 python3.13 python3.12 python3.11 python; do
-    if command -v "$candidate" >/dev/null 2>&1 && supported_python "$candidate"; then
-      echo "$candidate"
-      return
+  # pyenv's shim for an installed but unselected version fails, so look in its folders too.
+  for candidate in python3.13 python3.12 python3 python \
+    "$pyenv_versions"/3.13*/bin/python3 "$pyenv_versions"/3.12*/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then
+      if supported_python "$candidate"; then
+        echo "$candidate"
+        return
+      fi
+      found+=" $candidate is $("$candidate" -V 2>&1 | head -n 1 | cut -d' ' -f2);"
     fi
   done
-  echo "$script: needs Python 3.11, 3.12 or 3.13 (none found; set PYTHON=/path/to/python3.12)" >&2
+  echo "$script: needs Python 3.12 or 3.13 (found:${found:- none;} jax 0.12 needs 3.12 or newer" \
+    "and TensorFlow has no 3.14 wheels yet). Install Python 3.13 (pyenv install 3.13, uv python" \
+    "install 3.13, or your system's packages) and run again, or set PYTHON=/path/to/python3.13" >&2
   return 1
 }
 
@@ -66,12 +78,16 @@ setup() {
     *) echo "$script: TUTORIAL_JAX must be cpu, cuda12 or cuda13, not '$jax_variant'" >&2; exit 1 ;;
   esac
   stamp="$(cat pyproject.toml requirements/tested-versions.txt | fingerprint | cut -c1-16)-$jax_variant"
-  if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
+  pins=(-c requirements/tested-versions.txt)
+  if $latest; then  # never up to date: each run asks the index for newer releases
+    stamp="newest-$jax_variant"
+    pins=(--upgrade --upgrade-strategy eager)
+  elif [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
     return
   fi
   if [[ -x "$venv/bin/python" ]] && ! supported_python "$venv/bin/python"; then
     echo "$script: $venv has Python $("$venv/bin/python" -V 2>&1 | cut -d' ' -f2)," \
-      "but the series needs 3.11, 3.12 or 3.13; delete it (rm -rf $venv) and run again" >&2
+      "but the series needs 3.12 or 3.13; delete it (rm -rf $venv) and run again" >&2
     exit 1
   fi
   if [[ ! -x "$venv/bin/python" ]]; then
@@ -86,13 +102,23 @@ setup() {
   fi
   echo "incomplete-$jax_variant" >"$stamp_file"  # an interrupted install is retried, same variant
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -c requirements/tested-versions.txt "$jax_spec" -e ".[dev]"
+  "$venv/bin/python" -m pip install -q "${pins[@]}" "$jax_spec" -e ".[dev]"
   echo "$stamp" >"$stamp_file"
 }
 
-usage() { sed -n '2,11p' "$script" | sed 's/^# \{0,1\}//'; }  # the comment at the top
+usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$script"; }  # the comment at the top
 
-command=${1:-help}
+run_tests() {
+  if $latest; then  # Flax's announced future defaults, and deprecated calls as errors
+    export NNX_GRAPH_MODE=false NNX_GRAPH_UPDATES=false IPYTHONDIR=$PWD/tests/future_defaults
+    set -- -W error::DeprecationWarning -W error::FutureWarning
+  fi
+  "$venv/bin/ruff" check .
+  "$venv/bin/ruff" format --check .
+  "$venv/bin/python" -m helpers.notebook_header
+  exec "$venv/bin/python" -m pytest --nbval --nbval-current-env -p no:cacheprovider "$@" tests notebooks
+}
+
 case "$command" in
   setup) setup ;;
   lab)
@@ -102,13 +128,7 @@ case "$command" in
     exec "$venv/bin/jupyter" lab "$@" notebooks/
     ;;
   headless) setup; shift; exec "$venv/bin/python" -m helpers.run_series "$@" ;;
-  test)
-    setup
-    "$venv/bin/ruff" check .
-    "$venv/bin/ruff" format --check .
-    "$venv/bin/python" -m helpers.notebook_header
-    exec "$venv/bin/python" -m pytest --nbval --nbval-current-env -p no:cacheprovider tests notebooks
-    ;;
+  test | test-latest) setup; run_tests ;;
   help | -h | --help) usage ;;
   *)
     echo "$script: unknown command '$command'" >&2

@@ -10,9 +10,6 @@ switches itself to smoke mode when JAX runs on the CPU.
 from __future__ import annotations
 
 import os
-from typing import TypeVar
-
-T = TypeVar("T")
 
 SMOKE_VARIABLE = "TUTORIAL_SMOKE"
 
@@ -30,6 +27,6 @@ def is_smoke() -> bool:
     )
 
 
-def full_or_smoke(full: T, smoke: T) -> T:
+def full_or_smoke[T](full: T, smoke: T) -> T:
     """``smoke`` in smoke mode, else ``full``; e.g. ``epochs = full_or_smoke(10, 1)``."""
     return smoke if is_smoke() else full

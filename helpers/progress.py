@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import TypeVar
 
 from tqdm.std import tqdm
 
-T = TypeVar("T")
 
-
-def progress(iterable: Iterable[T], description: str = "", total: int | None = None) -> tqdm[T]:
+def progress[T](iterable: Iterable[T], description: str = "", total: int | None = None) -> tqdm[T]:
     """Wrap ``iterable`` in a text progress bar (tqdm) that updates at most once a second.
 
     A text bar, not a widget, so it renders the same in JupyterLab, Colab, a

@@ -13,6 +13,7 @@ import nbformat
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from helpers import colab, notebook_header, repository, run_series
 
@@ -29,7 +30,8 @@ def test_environment_yml_installs_this_repository_and_nothing_else() -> None:
     assert conda_names == {"python", "pip"}
     python_pin = next(d for d in dependencies if isinstance(d, str) and d.startswith("python"))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert python_pin.split("=")[1] in pyproject["project"]["requires-python"].replace(">=", "")
+    supported = SpecifierSet(pyproject["project"]["requires-python"])
+    assert supported.contains(python_pin.split("=")[1] + ".0"), (python_pin, supported)
 
 
 def test_tested_versions_cover_every_dependency() -> None:
@@ -146,7 +148,15 @@ STAMPED_FILES = ("pyproject.toml", "requirements/tested-versions.txt")
 CLEAN_ENV = {
     name: value
     for name, value in os.environ.items()
-    if name not in {"TUTORIAL_JAX", "TUTORIAL_VENV", "GLIBC_TUNABLES", "PYTHON", "CIFAR10_PATH"}
+    if name
+    not in {
+        "TUTORIAL_JAX",
+        "TUTORIAL_VENV",
+        "GLIBC_TUNABLES",
+        "PYTHON",
+        "CIFAR10_PATH",
+        "PYENV_ROOT",
+    }
 }
 
 
@@ -155,14 +165,15 @@ def fake_venv(tmp_path: Path, variant: str | None, python_ok: bool = True) -> Pa
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     log = tmp_path / "log"
-    for tool in ("python", "jupyter"):
+    for tool in ("python", "jupyter", "ruff"):
         stub = venv / "bin" / tool
         stub.write_text(
             "#!/usr/bin/env bash\n"
             f'if [[ "$1" == -c ]]; then exit {0 if python_ok else 1}; fi\n'
             'if [[ "$1" == -V ]]; then echo "Python 3.14.0"; exit; fi\n'
             f'echo "{tool} $* | GLIBC_TUNABLES=${{GLIBC_TUNABLES:-unset}}'
-            f' CIFAR10_PATH=${{CIFAR10_PATH:-unset}}" >>"{log}"\n'
+            f' CIFAR10_PATH=${{CIFAR10_PATH:-unset}} NNX_GRAPH_MODE=${{NNX_GRAPH_MODE:-unset}}"'
+            f' >>"{log}"\n'
         )
         stub.chmod(0o755)
     if variant is not None:
@@ -235,6 +246,31 @@ def test_tutorial_sh_removes_the_cuda_plugin_when_switching_to_cpu(tmp_path: Pat
     assert (venv / ".tutorial-installed").read_text().strip().endswith("-cpu")
 
 
+def test_tutorial_sh_test_latest_upgrades_everything_and_flips_flax_defaults(
+    tmp_path: Path,
+) -> None:
+    venv = fake_venv(tmp_path, "cpu")  # a stamp that matches the pins: latest ignores it
+    result = run_tutorial_sh("test-latest", TUTORIAL_VENV=str(venv))
+    assert result.returncode == 0, result.stderr
+    lines = logged(tmp_path)
+    calls = [line.partition(" |")[0] for line in lines]
+    assert calls == [
+        "python -m pip install -q --upgrade pip",
+        "python -m pip install -q --upgrade --upgrade-strategy eager jax -e .[dev]",
+        "ruff check .",
+        "ruff format --check .",
+        "python -m helpers.notebook_header",
+        "python -m pytest --nbval --nbval-current-env -p no:cacheprovider"
+        " -W error::DeprecationWarning -W error::FutureWarning tests notebooks",
+    ]
+    assert lines[-1].endswith("NNX_GRAPH_MODE=false")
+    # The pinned test runs neither the flipped defaults nor the strict warnings.
+    (tmp_path / "log").unlink()
+    assert run_tutorial_sh("test", TUTORIAL_VENV=str(venv)).returncode == 0
+    last = logged(tmp_path)[-1]
+    assert "-W error" not in last and last.endswith("NNX_GRAPH_MODE=unset")
+
+
 def test_tutorial_sh_lab_passes_arguments_on(tmp_path: Path) -> None:
     venv = fake_venv(tmp_path, "cpu")
     for args, expected in (([], "lab notebooks/"), (["--port", "1"], "lab --port 1 notebooks/")):
@@ -259,7 +295,7 @@ def test_tutorial_sh_refuses_a_venv_with_an_unsupported_python(tmp_path: Path) -
     venv = fake_venv(tmp_path, None, python_ok=False)
     result = run_tutorial_sh("setup", TUTORIAL_VENV=str(venv))
     assert result.returncode == 1
-    assert "has Python 3.14.0, but the series needs 3.11, 3.12 or 3.13" in result.stderr
+    assert "has Python 3.14.0, but the series needs 3.12 or 3.13" in result.stderr
     assert logged(tmp_path) == []
 
 
@@ -276,11 +312,63 @@ def tools_folder(tmp_path: Path, names: tuple[str, ...]) -> Path:
 
 
 def test_tutorial_sh_says_when_no_python_fits(tmp_path: Path) -> None:
-    tools = tools_folder(tmp_path, ("cat", "cut", "dirname", "sed", "sha256sum"))
-    result = run_tutorial_sh("setup", TUTORIAL_VENV=str(tmp_path / "new"), PATH=str(tools))
+    tools = tools_folder(tmp_path, ("cat", "cut", "dirname", "head", "sed", "sha256sum"))
+    result = run_tutorial_sh(
+        "setup", TUTORIAL_VENV=str(tmp_path / "new"), PATH=str(tools), HOME=str(tmp_path)
+    )
     assert result.returncode == 1
-    assert result.stderr.startswith("tutorial.sh: needs Python 3.11, 3.12 or 3.13 (none found")
+    assert result.stderr.startswith("tutorial.sh: needs Python 3.12 or 3.13 (found: none;")
+    assert "Install Python 3.13" in result.stderr
     assert "command not found" not in result.stderr
+
+
+def fake_python(folder: Path, name: str, version: str) -> None:
+    """A stand-in interpreter: `-V` prints ``version``, the version check passes for 3.12
+    and 3.13, and any other call is logged to ``folder/calls``."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    supported = (3, 12) <= (major, minor) <= (3, 13)
+    stub = folder / name
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [[ "$1" == -V ]]; then echo "Python {version}"; exit; fi\n'
+        f'if [[ "$1" == -c ]]; then exit {0 if supported else 1}; fi\n'
+        'echo "$0 $*" >>"$(dirname "$0")/calls"\n'
+    )
+    stub.chmod(0o755)
+
+
+def test_tutorial_sh_names_the_pythons_it_found_too_old(tmp_path: Path) -> None:
+    tools = tools_folder(tmp_path, ("bash", "cat", "cut", "dirname", "head", "sed", "sha256sum"))
+    fake_python(tools, "python3", "3.11.7")
+    result = run_tutorial_sh(
+        "setup", TUTORIAL_VENV=str(tmp_path / "new"), PATH=str(tools), HOME=str(tmp_path)
+    )
+    assert result.returncode == 1
+    assert "(found: python3 is 3.11.7; jax 0.12 needs 3.12 or newer" in result.stderr
+    assert "PYTHON=/path/to/python3.13" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_tutorial_sh_finds_a_pyenv_python_behind_an_unselected_shim(tmp_path: Path) -> None:
+    """python3 is 3.11 and the python3.13 shim fails, as on a machine with pyenv."""
+    tools = tools_folder(tmp_path, ("bash", "cat", "cut", "dirname", "head", "sed", "sha256sum"))
+    fake_python(tools, "python3", "3.11.7")
+    shim = tools / "python3.13"
+    shim.write_text(
+        "#!/usr/bin/env bash\necho 'pyenv: python3.13: command not found' >&2\nexit 127\n"
+    )
+    shim.chmod(0o755)
+    pyenv_bin = tmp_path / "pyenv" / "versions" / "3.13.0" / "bin"
+    pyenv_bin.mkdir(parents=True)
+    fake_python(pyenv_bin, "python3", "3.13.0")
+    result = run_tutorial_sh(
+        "setup",
+        TUTORIAL_VENV=str(tmp_path / "new"),
+        PATH=str(tools),
+        PYENV_ROOT=str(tmp_path / "pyenv"),
+    )
+    assert f"Creating {tmp_path / 'new'} with {pyenv_bin / 'python3'} ..." in result.stdout
+    assert (pyenv_bin / "calls").read_text().startswith(f"{pyenv_bin / 'python3'} -m venv ")
 
 
 def test_tutorial_sh_uses_shasum_without_sha256sum(tmp_path: Path) -> None:
