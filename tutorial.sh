@@ -7,6 +7,7 @@
 #   ./tutorial.sh test         ruff (lint, format), unit tests and nbval over every notebook
 #   ./tutorial.sh test-latest  the same tests on the newest release of every package (in
 #                              .venv-latest), to see a new release break things before readers do
+#   ./tutorial.sh book         the website, from the notebooks as committed, into book/_build/html
 #   ./tutorial.sh setup        only set up (or update) .venv
 #
 # GPU: `TUTORIAL_JAX=cuda12 ./tutorial.sh setup` (or cuda13) installs jax with NVIDIA's
@@ -128,6 +129,7 @@ case "$command" in
     exec "$venv/bin/jupyter" lab "$@" notebooks/
     ;;
   headless) setup; shift; exec "$venv/bin/python" -m helpers.run_series "$@" ;;
+  book) setup; exec "$venv/bin/python" book/build.py ;;
   test | test-latest) setup; run_tests ;;
   help | -h | --help) usage ;;
   *)
