@@ -6,6 +6,7 @@ files in ``include_patterns`` are read. Notebooks are rendered with their commit
 outputs, never executed (nbval re-executes them in the tests).
 """
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 from docutils import nodes  # noqa: E402
 from sphinx.util import logging  # noqa: E402
 
+from helpers.notebook_header import colab_cell_source  # noqa: E402
 from helpers.repository import BRANCH, colab_url, repository_url  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -54,24 +56,61 @@ html_theme_options = {
     "use_download_button": True,  # the .ipynb of a notebook page
     "show_toc_level": 2,
 }
+html_context = {"default_mode": "auto"}  # light or dark as the reader's system is
+html_show_search_summary = False  # a summary is fetched, which browsers refuse for file://
 templates_path = ["_templates"]
 html_additional_pages = {"index": "redirect.html"}  # index.html opens README.html
 html_copy_source = True  # the download button serves _sources/<page>.ipynb
 
 
 def add_colab_button(app, pagename, templatename, context, doctree) -> None:
-    """A Colab button on every notebook page, with the URL the notebooks' badges use."""
+    """A Colab button on every notebook page, with the URL the notebooks' badges use.
+
+    In a "launch" menu like the one sphinx-book-theme makes (its own builds the URL
+    from the repository's parts; this one is helpers.repository's, the only one).
+    """
     if pagename.startswith("notebooks/"):
+        colab = {
+            "type": "link",
+            "text": "Colab",
+            "tooltip": "Open in Colab",
+            "icon": "_static/images/logo_colab.png",
+            "url": colab_url(Path(pagename).name + ".ipynb"),
+            "label": "colab-button",
+        }
         context["header_buttons"].append(
             {
-                "type": "link",
-                "text": "Colab",
-                "tooltip": "Open in Colab",
-                "icon": "_static/images/logo_colab.png",
-                "url": colab_url(Path(pagename).name + ".ipynb"),
-                "label": "colab-button",
+                "type": "group",
+                "tooltip": "Run this notebook",
+                "icon": "fas fa-rocket",
+                "buttons": [colab],
+                "label": "launch-buttons",
             }
         )
+
+
+def prepare_notebook(app, docname: str, source: list[str]) -> None:
+    """Two things myst-nb does not do by itself, done on the notebook's JSON.
+
+    - Leave out the Colab install cell (plumbing for Colab, not a lesson) with myst-nb's
+      own mechanism, a "remove-cell" tag, on the cell whose source is the one
+      helpers.notebook_header writes.
+    - Show images attached to markdown cells (``attachment:name``, which myst-nb does
+      not resolve) by writing each into the page as a ``data:`` URI.
+    """
+    if not docname.startswith("notebooks/"):
+        return
+    notebook = json.loads(source[0])
+    for cell in notebook["cells"]:
+        text = "".join(cell["source"])
+        if text == colab_cell_source():
+            cell.setdefault("metadata", {}).setdefault("tags", []).append("remove-cell")
+        for name, data in cell.get("attachments", {}).items():
+            kind, encoded = next(iter(data.items()))  # one MIME type, base64 (nbformat)
+            encoded = "".join(encoded).replace("\n", "")
+            text = text.replace(f"attachment:{name}", f"data:{kind};base64,{encoded}")
+        cell["source"] = text
+    source[0] = json.dumps(notebook)
 
 
 def drop_remote_images(app, doctree) -> None:
@@ -103,6 +142,7 @@ def add_navigation(app, docname: str, source: list[str]) -> None:
 
 def setup(app) -> None:
     app.connect("source-read", add_navigation)
+    app.connect("source-read", prepare_notebook)
     app.connect("doctree-read", drop_remote_images, priority=100)  # before Sphinx's images
     # After sphinx-book-theme has made its header buttons (priority 501).
     app.connect("html-page-context", add_colab_button, priority=502)
