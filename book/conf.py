@@ -29,11 +29,11 @@ root_doc = "README"  # the landing page; book/navigation.md is appended to it
 include_patterns = ["README.md", "notebooks/*.ipynb", "benchmarks/README.md"]
 exclude_patterns = [".*", "book/_build", "mutants"]  # ".*": .venv, .git; not even walked
 
-extensions = ["myst_nb", "sphinx_copybutton"]
+extensions = ["myst_nb", "sphinx_copybutton", "sphinx.ext.githubpages"]  # .nojekyll: _static/
 nb_execution_mode = "off"  # committed outputs, as they are
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3  # README's "#cifar-10"-style links work
-suppress_warnings = []  # every warning fails the build (tutorial.sh passes -W)
+suppress_warnings = []  # none: every warning fails the build (book/build.py passes -W)
 
 # MathJax from the build folder instead of a CDN. Only the parts a page loads: the
 # combined TeX component, its fonts, and the TeX extensions it may load on demand.
@@ -41,9 +41,11 @@ _MATHJAX = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
 _MATHJAX_COPY = Path(__file__).parent / "_build" / "mathjax"
 for part in ["tex-mml-chtml.js", "output/chtml/fonts/woff-v2", "input/tex/extensions"]:
     source, target = _MATHJAX / part, _MATHJAX_COPY / "mathjax" / part
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    else:
+        shutil.copy2(source, target)
 html_static_path = [str(_MATHJAX_COPY)]
 mathjax_path = "mathjax/tex-mml-chtml.js"
 
