@@ -75,7 +75,7 @@ def test_site_builds_small_and_local(site: Path) -> None:
 
 def test_a_warning_fails_the_build(tmp_path: Path) -> None:
     source = tmp_path / "source"
-    shutil.copytree(ROOT / "notebooks", source / "notebooks", ignore=lambda *_: [".*"])
+    shutil.copytree(ROOT / "notebooks", source / "notebooks", ignore=shutil.ignore_patterns(".*"))
     (source / "benchmarks").mkdir()
     shutil.copy(ROOT / "benchmarks" / "README.md", source / "benchmarks")
     readme = (ROOT / "README.md").read_text()
