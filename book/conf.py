@@ -46,7 +46,8 @@ for part in ["tex-mml-chtml.js", "output/chtml/fonts/woff-v2", "input/tex/extens
         shutil.copytree(source, target, dirs_exist_ok=True)
     else:
         shutil.copy2(source, target)
-html_static_path = [str(_MATHJAX_COPY)]
+html_static_path = [str(_MATHJAX_COPY), "_static"]
+html_css_files = ["site.css"]  # hides a second search box (sphinx-book-theme issue 986)
 mathjax_path = "mathjax/tex-mml-chtml.js"
 
 html_theme = "sphinx_book_theme"
