@@ -18,6 +18,7 @@ from helpers import data
 REAL_COPY = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
 TINY_COUNTS = {"train": 3, "test": 2}
 CONFIGURED_COPY = os.environ.get("CIFAR10_PATH")  # read before the fixtures unset it
+CONFIGURED_CACHE = os.environ.get("TUTORIAL_CACHE_DIR")
 
 
 def load_script(path: Path) -> Any:
@@ -79,9 +80,19 @@ def tiny_archive(tmp_path: Path, tiny_folder: Path) -> Path:
     return archive
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the whole test session, where the real copy is decoded once
+    (about 13 s on a 2-core CPU) and read back by every later test: TUTORIAL_CACHE_DIR as
+    configured when the tests started (CI shares it with the notebooks), else a new folder."""
+    return Path(CONFIGURED_CACHE) if CONFIGURED_CACHE else tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
-def real_copy() -> Path:
+def real_copy(shared_cache: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The offline CIFAR-10 copy; its decoded arrays come from :func:`shared_cache`."""
     path = Path(CONFIGURED_COPY) if CONFIGURED_COPY else REAL_COPY
     if not path.exists():
         pytest.skip(f"offline CIFAR-10 copy not found at {path} (set CIFAR10_PATH)")
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(shared_cache))
     return path

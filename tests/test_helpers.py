@@ -4,26 +4,29 @@ and the command-line checks of notebook headers and headless runs."""
 from __future__ import annotations
 
 import io
+import os
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
 import matplotlib
 import nbformat
-import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
-from helpers import colab, mode, notebook_header, plots, run_series, timing
-from helpers.environment import environment_report
+from helpers import colab, mode, notebook_header, run_series
+from helpers.environment import environment_report, installed_version, print_environment
 from helpers.progress import progress
 
 matplotlib.use("Agg")
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("", False), ("0", False), ("1", True), ("true", True)]
+    ("value", "expected"),
+    [
+        *[(value, False) for value in ("", "0", "false", "no", "off", "FALSE", " No ", "OFF")],
+        *[(value, True) for value in ("1", "true", "yes", "on", "TRUE", " Yes ", "ON")],
+    ],
 )
 def test_smoke_switch(monkeypatch: pytest.MonkeyPatch, value: str, expected: bool) -> None:
     monkeypatch.setenv("TUTORIAL_SMOKE", value)
@@ -31,25 +34,87 @@ def test_smoke_switch(monkeypatch: pytest.MonkeyPatch, value: str, expected: boo
     assert mode.full_or_smoke(10, 1) == (1 if expected else 10)
 
 
-def test_smoke_switch_rejects_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TUTORIAL_SMOKE", "maybe")
-    with pytest.raises(ValueError, match="TUTORIAL_SMOKE='maybe' is not understood"):
+def test_smoke_switch_unset_means_full_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUTORIAL_SMOKE", raising=False)
+    assert mode.is_smoke() is False
+    assert mode.full_or_smoke("full", "smoke") == "full"
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "XXXX", "  enabled "])
+def test_smoke_switch_rejects_nonsense(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("TUTORIAL_SMOKE", value)
+    shown = value.strip().lower()
+    expected = (
+        f"TUTORIAL_SMOKE={shown!r} is not understood: set it to 1 for smoke mode "
+        "or unset it (or 0) for full mode."
+    )
+    with pytest.raises(ValueError) as raised:
         mode.is_smoke()
+    assert str(raised.value) == expected
 
 
 def test_environment_report_names_versions_and_devices() -> None:
+    """Against what the packages say about themselves (their __version__), not metadata."""
+    import flax
+    import jax
+    import jaxlib
+    import optax
+
+    lines = environment_report().splitlines()
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    assert lines[0] == f"Python  {python} ({sys.platform}, {os.uname().machine})"
+    assert lines[1] == f"JAX     {jax.__version__} (jaxlib {jaxlib.__version__})"
+    assert lines[2] == f"Flax    {flax.__version__}"
+    assert lines[3] == f"Optax   {optax.__version__}"
+    platform = jax.devices()[0].platform  # "cpu", "gpu", "tpu"
+    assert lines[4].startswith(f"Backend {platform}: {jax.device_count()} device(s): ")
+    no_gpu = "        No GPU found: everything runs on the CPU (slower, but it all works)."
+    assert (lines[5:] == [no_gpu]) == (platform == "cpu")
+    assert len(lines) == (6 if platform == "cpu" else 5)
+
+
+class FakeDevice:
+    def __init__(self, kind: str) -> None:
+        self.device_kind = kind
+
+
+def test_environment_report_with_a_gpu_and_a_missing_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import jax
 
-    report = environment_report()
-    lines = report.splitlines()
-    assert f"JAX     {jax.__version__} (jaxlib {metadata.version('jaxlib')})" in lines
-    assert f"Flax    {metadata.version('flax')}" in lines
-    assert f"Optax   {metadata.version('optax')}" in lines
-    devices = jax.devices()
-    kinds = ", ".join(sorted({device.device_kind for device in devices}))
-    backend = jax.default_backend()
-    assert f"Backend {backend}: {len(devices)} device(s): {kinds}" in lines
-    assert ("No GPU found" in report) == (backend == "cpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    kinds = ["NVIDIA H100", "NVIDIA A100", "NVIDIA H100"]
+    monkeypatch.setattr(jax, "devices", lambda: [FakeDevice(kind) for kind in kinds])
+    real_version = metadata.version
+
+    def version(package: str) -> str:
+        if package == "optax":
+            raise metadata.PackageNotFoundError(package)
+        return real_version(package)
+
+    monkeypatch.setattr(metadata, "version", version)
+    lines = environment_report().splitlines()
+    assert lines[3] == "Optax   not installed"
+    assert lines[4] == "Backend gpu: 3 device(s): NVIDIA A100, NVIDIA H100"
+    assert len(lines) == 5  # no "No GPU found" line
+
+
+def test_installed_version() -> None:
+    import numpy
+
+    assert installed_version("numpy") == numpy.__version__
+    assert installed_version("no-such-package-here") is None
+
+
+def test_print_environment_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    print_environment()
+    assert capsys.readouterr().out == environment_report() + "\n"
+
+
+def frames(stream: io.StringIO) -> list[str]:
+    """The successive states a text progress bar drew (it redraws after a carriage return)."""
+    return [frame for frame in stream.getvalue().replace("\n", "").split("\r") if frame]
 
 
 def test_progress_counts_and_writes_text(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,7 +122,28 @@ def test_progress_counts_and_writes_text(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(sys, "stderr", stream)
     items = list(progress(range(7), description="epochs"))
     assert items == list(range(7))
-    assert "epochs" in stream.getvalue() and "7/7" in stream.getvalue()
+    drawn = frames(stream)
+    assert drawn[0].startswith("epochs:   0%|") and " 0/7 [" in drawn[0]
+    assert drawn[-1].startswith("epochs: 100%|=") and " 7/7 [" in drawn[-1]
+    assert all(len(frame) == 90 for frame in drawn)  # a fixed width, not the terminal's
+    bar = drawn[-1].split("|")[1]
+    assert set(bar) == {"="}  # plain characters: a log or a notebook shows them as drawn
+
+
+def test_progress_without_description_and_with_a_total(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    items = list(progress(iter([1, 2, 3]), total=3))  # an iterator has no len()
+    assert items == [1, 2, 3]
+    drawn = frames(stream)
+    assert drawn[0].startswith("  0%|") and drawn[-1].startswith("100%|")
+    assert " 3/3 [" in drawn[-1]
+
+
+def test_progress_redraws_at_most_once_a_second() -> None:
+    bar = progress(range(3))
+    assert bar.mininterval == 1.0
+    bar.close()
 
 
 def test_progress_bar_shows_live_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,98 +153,6 @@ def test_progress_bar_shows_live_numbers(monkeypatch: pytest.MonkeyPatch) -> Non
     for _ in bar:
         bar.set_postfix(loss=0.25)
     assert "loss=0.25" in stream.getvalue()
-
-
-def test_time_call_waits_and_reports_median() -> None:
-    calls: list[int] = []
-
-    def slow(x: int) -> int:
-        calls.append(x)
-        time.sleep(0.01 if len(calls) > 1 else 0.05)  # first call "compiles"
-        return x
-
-    result = timing.time_call(slow, 3, warmup=1, repeats=3)
-    assert len(calls) == 4 and len(result.runs) == 3
-    assert 0.009 < result.median < 0.04
-    assert result.first_call >= 0.05
-    assert "median of 3 runs" in str(result)
-
-
-def test_time_call_rejects_zero_repeats() -> None:
-    with pytest.raises(ValueError, match="repeats >= 1"):
-        timing.time_call(lambda: 0, repeats=0)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"), [(12.3e-6, "12.3 us"), (4.561e-3, "4.56 ms"), (1.234, "1.23 s")]
-)
-def test_format_seconds(seconds: float, text: str) -> None:
-    assert timing.format_seconds(seconds) == text
-
-
-CLASSES = [f"class{i}" for i in range(10)]
-
-
-def test_show_images_titles_and_marks_mistakes() -> None:
-    images = np.zeros((6, 32, 32, 3), np.uint8)
-    figure = plots.show_images(images, [0, 1, 2, 3, 4, 5], CLASSES, columns=3)
-    assert len(figure.axes) == 6
-    assert figure.axes[2].get_title() == "class2"
-    figure = plots.show_images(images[:2], [0, 1], CLASSES, predictions=[0, 7])
-    assert figure.axes[1].get_title() == "class7\n(class1)"
-    assert figure.axes[1].title.get_color() == "tab:red"
-
-
-@pytest.mark.parametrize(
-    ("count", "labels", "options", "message"),
-    [
-        (3, [1, 2], {}, "need as many labels as images, got 2 for 3 images"),
-        (0, [], {}, "needs at least one image, got none"),
-        (2, [1, 2], {"columns": 0}, "columns must be at least 1, got 0"),
-        (2, [1, -1], {}, r"labels must be class indices in 0..9, got \[-1\]"),
-        (2, [1.0, 2.0], {}, "labels must be integer class indices, got dtype float64"),
-        (2, [1, 2], {"predictions": [3]}, "need as many predictions as images, got 1 for 2"),
-        (2, [1, 2], {"predictions": [3, 10]}, r"predictions must be .* 0..9, got \[10\]"),
-    ],
-)
-def test_show_images_rejects_bad_input(
-    count: int, labels: list, options: dict, message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        plots.show_images(np.zeros((count, 32, 32, 3)), labels, CLASSES, **options)
-
-
-def test_training_curves_split_losses_and_accuracies() -> None:
-    figure = plots.plot_training_curves(
-        {"train_loss": [2.0, 1.5], "val_loss": [2.1, 1.7], "val_accuracy": [0.3, 0.4]}
-    )
-    losses, accuracies = figure.axes
-    assert len(losses.lines) == 2 and len(accuracies.lines) == 1
-    np.testing.assert_allclose(accuracies.lines[0].get_ydata(), [0.3, 0.4])
-    with pytest.raises(ValueError, match="history is empty"):
-        plots.plot_training_curves({})
-
-
-def test_confusion_matrix_counts() -> None:
-    matrix = plots.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 3)
-    np.testing.assert_array_equal(matrix, [[1, 1, 0], [0, 1, 0], [0, 1, 0]])
-    assert len(plots.plot_confusion_matrix(matrix, ["a", "b", "c"]).axes) == 2
-    with pytest.raises(ValueError, match="differ"):
-        plots.confusion_matrix(np.zeros(3, int), np.zeros(2, int), 3)
-    with pytest.raises(ValueError, match=r"labels must be class indices in 0..2, got \[-1\]"):
-        plots.confusion_matrix([-1, 0], [0, 0], 3)
-    with pytest.raises(ValueError, match=r"predictions must be class indices in 0..2, got \[3\]"):
-        plots.confusion_matrix([0, 1], [3, 3], 3)
-    with pytest.raises(ValueError, match="predictions must be integer class indices"):
-        plots.confusion_matrix([0, 1], [0.0, 1.0], 3)
-
-
-def test_per_class_bars() -> None:
-    figure = plots.plot_per_class([0.1 * i for i in range(10)], CLASSES)
-    heights = [bar.get_height() for bar in figure.axes[0].patches]
-    np.testing.assert_allclose(heights, [0.1 * i for i in range(10)])
-    with pytest.raises(ValueError, match="got 2 values for 10 classes"):
-        plots.plot_per_class([0.1, 0.2], CLASSES)
 
 
 def test_colab_keeps_jax_and_its_own_jaxlib_and_leaves_jupyter_alone() -> None:
