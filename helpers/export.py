@@ -61,7 +61,7 @@ def module_source(notebook_path: Path) -> str:
         "Do not edit: change the notebook's cells tagged 'export' and run the command again.\n"
         '"""\n'
     )
-    return header + "\n\n" + "\n\n\n".join(cells) + "\n"
+    return header + "\n" + "\n\n\n".join(cells) + "\n"
 
 
 def drifted(root: Path = ROOT, modules: dict[str, str] | None = None) -> list[str]:
