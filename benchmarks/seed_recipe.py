@@ -4,12 +4,14 @@
     python benchmarks/seed_recipe.py --epochs 2 --subset 2000 --no-save   # a quick check
 
 Both implementations train the same network (Conv 5x5 3->16, pool, Conv 5x5 16->8,
-pool, Dense 200-120-84-10, softmax) from the same initial weights, on the same
-batches in the same order (batch 1,000, no shuffling, as in the original), with SGD
-learning rate 0.01 and momentum 0.9 and the same cross-entropy; then both are tested
-on the 10,000 test images. JAX trains with ``helpers.seed_recipe.train_epoch``, the
-loop notebook 05 uses. PyTorch is optional (``pip install -e .[bench]``); without it
-only JAX runs. Data: ``helpers.load_cifar10()``, so ``CIFAR10_PATH`` picks a local copy.
+pool, Dense 200-120-84-10, logits) from the same initial weights, on the same batches in
+the same order (batch 1,000, the training set reshuffled every epoch from the same JAX
+keys), with SGD learning rate 0.01 and momentum 0.9 and softmax cross-entropy; then both
+are tested on the 10,000 test images. JAX runs notebook 05's own definitions
+(``lessons.cifar10_cnn``, generated from the notebook's cells tagged ``export``:
+``CNN``, ``make_optimizer``, ``train_epoch``, ``evaluate``). PyTorch is optional
+(``pip install -e .[bench]``); without it only JAX runs, and the script says so.
+Data: ``helpers.load_cifar10()``, so ``CIFAR10_PATH`` picks a local copy.
 
 Output: one JSON line per implementation (``impl``, ``device``, ``epochs``,
 ``epoch_s``: median seconds per epoch after the first, ``first_epoch_s``: the first
@@ -36,9 +38,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import seed_recipe  # noqa: E402  (after the path; imports no TensorFlow)
+from lessons import cifar10_cnn as lesson  # noqa: E402  (generated from notebook 05's cells)
 
 RESULTS = ROOT / "benchmarks" / "results" / "seed_recipe.jsonl"
+BATCH_SIZE = 1_000  # lesson.train_epoch's default
+LEARNING_RATE, MOMENTUM = 0.01, 0.9  # lesson.make_optimizer's SGD
 TRAIN_IMAGES = 49_000  # the original: 49 batches of 1,000; the last 1,000 validate
 
 
@@ -56,6 +60,13 @@ def median_after_first(times: list[float]) -> float:
     return statistics.median(times[1:]) if len(times) > 1 else times[0]
 
 
+def epoch_keys(seed: int, epochs: int) -> Any:
+    """One shuffling key per epoch, as notebook 05 draws them."""
+    import jax
+
+    return jax.random.split(jax.random.key(seed), epochs)
+
+
 def run_jax(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
@@ -71,37 +82,32 @@ def run_jax(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     jax.monitoring.register_event_duration_secs_listener(record)
 
     device = jax.devices()[0]
-    model = seed_recipe.SeedCNN(nnx.Rngs(args.seed))
-    optimizer = seed_recipe.make_optimizer(model)
+    model = lesson.CNN(nnx.Rngs(args.seed))
+    optimizer = lesson.make_optimizer(model)
     images = jnp.asarray(data.train_images[: args.subset])
     labels = jnp.asarray(data.train_labels[: args.subset])
-    loop = args.jax_loop or seed_recipe.default_loop()
-    options = {**seed_recipe.default_compiler_options(), **dict(args.xla_option)}
+    keys = epoch_keys(args.seed, args.epochs)
     times = []
     for epoch in range(args.epochs):
         compiled_before = len(compile_durations)
         start = time.perf_counter()
-        losses = seed_recipe.train_epoch(
-            model, optimizer, images, labels, loop=loop, compiler_options=options
-        )
+        losses = lesson.train_epoch(model, optimizer, images, labels, keys[epoch])
         jax.block_until_ready(losses)
         times.append(time.perf_counter() - start)
         if epoch == 0:
             compile_s = sum(compile_durations[compiled_before:])
-    _, accuracy = seed_recipe.evaluate(model, data.test_images, data.test_labels)
+    _, accuracy = lesson.evaluate(model, data.test_images, data.test_labels)
     name = cpu_name() if device.platform == "cpu" else device.device_kind
-    extra = {"loop": loop, "chunks": seed_recipe.default_chunks(seed_recipe.BATCH_SIZE)}
-    extra |= {"compile_s": round(compile_s, 4), "compiler_options": options}
-    extra |= {"jax": jax.__version__}
+    extra = {"compile_s": round(compile_s, 4), "jax": jax.__version__}
     return result("jax", name, times, accuracy, float(losses[-1]), **extra)
 
 
 def initial_weights(seed: int) -> dict[str, Any]:
-    """JAX's initial SeedCNN weights for this seed, as NumPy arrays ("conv1.kernel", ...)."""
+    """The notebook's initial CNN weights for this seed, as NumPy arrays ("conv1.kernel", ...)."""
     import numpy as np
     from flax import nnx
 
-    model = seed_recipe.SeedCNN(nnx.Rngs(seed))
+    model = lesson.CNN(nnx.Rngs(seed))
     return {
         f"{layer}.{name}": np.array(getattr(getattr(model, layer), name)[...])
         for layer in ("conv1", "conv2", "dense1", "dense2", "dense3")
@@ -110,13 +116,17 @@ def initial_weights(seed: int) -> dict[str, Any]:
 
 
 def run_pytorch(data: Any, args: argparse.Namespace, initial: dict[str, Any]) -> dict[str, Any]:
+    import jax
+    import numpy as np
     import torch
     from torch import nn
+
+    keys = epoch_keys(args.seed, args.epochs)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
 
-    class SeedCNN(nn.Module):
+    class CNN(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv1, self.conv2 = nn.Conv2d(3, 16, 5), nn.Conv2d(16, 8, 5)
@@ -127,9 +137,9 @@ def run_pytorch(data: Any, args: argparse.Namespace, initial: dict[str, Any]) ->
             x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
             x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
             x = x.permute(0, 2, 3, 1).flatten(1)  # flatten in JAX's (H, W, C) order
-            return torch.softmax(self.dense3(self.dense2(self.dense1(x))), dim=-1)
+            return self.dense3(self.dense2(self.dense1(x)))  # logits
 
-    model = SeedCNN()
+    model = CNN()
     with torch.no_grad():  # JAX's initial weights: HWIO -> OIHW, (in, out) -> (out, in)
         for key, value in initial.items():
             layer, name = key.split(".")
@@ -141,24 +151,23 @@ def run_pytorch(data: Any, args: argparse.Namespace, initial: dict[str, Any]) ->
             )
             target.copy_(tensor)
     model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=seed_recipe.LEARNING_RATE, momentum=seed_recipe.MOMENTUM
-    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
 
     def to_tensor(images: Any) -> torch.Tensor:  # uint8 NHWC -> float NCHW on the device
         return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(255.0)
 
     images = to_tensor(data.train_images[: args.subset]).contiguous()
     labels = torch.from_numpy(data.train_labels[: args.subset]).long().to(device)
-    batch = seed_recipe.BATCH_SIZE
+    batch = BATCH_SIZE
+    # the same shuffled order as JAX's train_epoch, epoch by epoch
+    orders = [np.asarray(jax.random.permutation(key, len(images))) for key in keys]
     times = []
-    for _ in range(args.epochs):
+    for order in orders:
+        order_on_device = torch.from_numpy(order).long().to(device)
         start = time.perf_counter()
         for first in range(0, len(images) - batch + 1, batch):
-            x, y = images[first : first + batch], labels[first : first + batch]
-            probabilities = model(x)
-            picked = probabilities.gather(1, y[:, None]).squeeze(1)
-            loss = -torch.log(picked + 1e-7).mean()  # the same cross-entropy as JAX's
+            picked = order_on_device[first : first + batch]
+            loss = nn.functional.cross_entropy(model(images[picked]), labels[picked])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -207,45 +216,18 @@ def device_report() -> str:
     return "\n".join(lines)
 
 
-def xla_option(text: str) -> tuple[str, bool | int | str]:
-    """``name=value`` -> (name, value), the value as a bool or int where it reads as one."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    if value.lower() in ("true", "false"):
-        return name, value.lower() == "true"
-    try:
-        return name, int(value)
-    except ValueError:
-        return name, value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--subset", type=int, default=TRAIN_IMAGES, help="training images")
     parser.add_argument("--impl", choices=["both", "jax", "pytorch"], default="both")
-    parser.add_argument("--jax-loop", choices=["python", "scan"], default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--xla-option",
-        type=xla_option,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="XLA option for JAX's step or epoch (over seed_recipe.default_compiler_options)",
-    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--no-save", action="store_true", help="print only")
-    parser.add_argument(
-        "--default-malloc",
-        action="store_true",
-        help="leave glibc's malloc as it is (see helpers.seed_recipe.reuse_freed_memory)",
-    )
     parser.add_argument("--device-report", action="store_true", help="print devices first")
     args = parser.parse_args(argv)
-    if not seed_recipe.BATCH_SIZE <= args.subset <= TRAIN_IMAGES:
-        parser.error(f"--subset must be between {seed_recipe.BATCH_SIZE} and {TRAIN_IMAGES}")
+    if not BATCH_SIZE <= args.subset <= TRAIN_IMAGES:
+        parser.error(f"--subset must be between {BATCH_SIZE} and {TRAIN_IMAGES}")
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
     impls = ["jax", "pytorch"] if args.impl == "both" else [args.impl]
@@ -254,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("PyTorch is not installed (pip install -e .[bench])")
         print("PyTorch not installed: timing JAX only", file=sys.stderr)
         impls.remove("pytorch")
-    tuned = False if args.default_malloc else seed_recipe.reuse_freed_memory()
     if args.device_report:
         print(device_report(), file=sys.stderr, flush=True)
 
@@ -263,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     data = helpers.load_cifar10()
     common = {
         "train_images": args.subset,
-        "batch_size": seed_recipe.BATCH_SIZE,
-        "malloc_tuned": tuned,
+        "batch_size": BATCH_SIZE,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "data": helpers.data.source_name(),
         "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),
