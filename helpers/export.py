@@ -24,7 +24,10 @@ EXPORT_TAG = "export"
 ROOT = Path(__file__).resolve().parent.parent
 # notebook (in notebooks/) -> generated module (in lessons/); add a notebook here when
 # its first cell is tagged, e.g. "05_cifar10_classifier.ipynb": "cifar10_cnn.py"
-MODULES: dict[str, str] = {"05_cifar10_classifier.ipynb": "cifar10_cnn.py"}
+MODULES: dict[str, str] = {
+    "05_cifar10_classifier.ipynb": "cifar10_cnn.py",
+    "06_fast_cifar10.ipynb": "airbench.py",
+}
 
 
 class ExportError(Exception):

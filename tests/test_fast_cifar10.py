@@ -475,3 +475,82 @@ def test_cost_probes_reject_zero_repeats(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         costs.main(["donation", "--repeats", "0"])
     assert "--repeats must be at least 1, got 0" in capsys.readouterr().err
+
+
+# --- lessons.airbench: the recipe written in notebook 06's cells ---------------------
+
+
+def test_airbench_tta_views_and_weights_by_hand() -> None:
+    from lessons import airbench as ab
+
+    x = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, :4, :4], padded[:, 2:, 2:]
+    expected = [x, x[:, :, ::-1], up_left, up_left[:, :, ::-1], down_right, down_right[:, :, ::-1]]
+    views = np.asarray(ab.tta_views(jnp.asarray(x)))
+    assert views.shape == (6, 2, 4, 4, 1)
+    for got, want in zip(views, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # half the weight on the image and its mirror, half on the four shifted views
+    np.testing.assert_allclose(np.asarray(ab.TTA_WEIGHTS), [1 / 4, 1 / 4] + [1 / 8] * 4)
+
+
+def test_airbench_first_step_is_torch_nesterov_sgd_per_group() -> None:
+    from lessons import airbench as ab
+
+    total, batch, lr, momentum, wd = 10, 64, 11.5, 0.85, 0.0153
+    tx = ab.make_optimizer(total, batch=batch)
+    params = {"w": ab.Filter(jnp.array([1.0, -2.0])), "b": ab.NormBias(jnp.array([0.5]))}
+    grads = {"w": ab.Filter(jnp.array([0.3, 0.1])), "b": ab.NormBias(jnp.array([-1.0]))}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    kilostep = 1024 * (1 + 1 / (1 - momentum))
+    for name, lr_scale, wd_scale in (("w", 1.0, 1.0), ("b", 64.0, 1 / 64)):
+        p, g = np.asarray(params[name][...]), np.asarray(grads[name][...])
+        d = g + wd * batch / kilostep * wd_scale * p  # PyTorch: decay added to the gradient
+        buf = d  # first step: momentum buffer = d
+        step_lr = 0.2 * lr / kilostep * lr_scale  # the triangle starts at 0.2 of the peak
+        want = -step_lr * (d + momentum * buf)  # Nesterov
+        np.testing.assert_allclose(np.asarray(updates[name][...]), want, rtol=1e-5)
+
+
+def test_airbench_whitening_decorrelates_patches() -> None:
+    from lessons import airbench as ab
+
+    rng = np.random.default_rng(0)
+    smooth = rng.normal(size=(64, 32, 32, 3)).cumsum(1).cumsum(2)  # correlated pixels
+    images = jnp.asarray(smooth / smooth.std(), jnp.float32)
+    kernel = ab.whitening_filters(images, eps=1e-8)
+    out = np.asarray(ab.conv(images, kernel[..., :12], "VALID")).reshape(-1, 12)
+    np.testing.assert_allclose(np.cov(out.T, bias=True), np.eye(12), atol=2e-2)
+
+
+def test_airbench_cells_train_a_few_steps() -> None:
+    from flax import nnx
+
+    from lessons import airbench as ab
+
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (128, 36, 36, 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, 128))
+    flip = jnp.asarray(rng.random(128) < 0.5)
+    model = ab.Airbench(widths=(8, 16, 16), seed=0)
+    model.whiten[...] = ab.whitening_filters(ab.normalize(images[:, 2:-2, 2:-2]))
+    total = 8
+    tx = ab.make_optimizer(total, batch=32)
+    graphdef, state = ab.init_state(model, tx)
+    all_losses = []
+    for epoch in range(2):
+        key = jax.random.key(epoch)
+        state, losses = ab.train_epoch(
+            graphdef, tx, state, images, labels, key, epoch, flip, total_steps=total, batch=32
+        )
+        all_losses.extend(np.asarray(losses).tolist())
+    assert len(all_losses) == total and np.all(np.isfinite(all_losses))
+    params, frozen, stats, _, slow, count = state
+    assert int(count) == total
+    # at the last step the lookahead average replaces the weights outright
+    for got, want in zip(jax.tree.leaves((params, stats)), jax.tree.leaves(slow), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    logits = ab.tta_logits(graphdef, params, frozen, stats, images[:4, 2:-2, 2:-2])
+    assert logits.shape == (4, 10)
+    assert isinstance(model.head, nnx.Param)
