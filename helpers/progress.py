@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 
 from tqdm.std import tqdm
@@ -22,6 +21,5 @@ def progress[T](iterable: Iterable[T], description: str = "", total: int | None 
         total=total,
         mininterval=1.0,
         ncols=90,
-        ascii=" =",
-        file=sys.stderr,
+        ascii=" =",  # writes to sys.stderr as it is when the bar starts (tqdm's default)
     )
