@@ -12,9 +12,8 @@ from pathlib import Path
 import matplotlib
 import nbformat
 import pytest
-from packaging.requirements import Requirement
 
-from helpers import colab, mode, notebook_header, run_series
+from helpers import mode, notebook_header, run_series
 from helpers.environment import environment_report, installed_version, print_environment
 from helpers.progress import progress
 
@@ -153,22 +152,6 @@ def test_progress_bar_shows_live_numbers(monkeypatch: pytest.MonkeyPatch) -> Non
     for _ in bar:
         bar.set_postfix(loss=0.25)
     assert "loss=0.25" in stream.getvalue()
-
-
-def test_colab_keeps_jax_and_its_own_jaxlib_and_leaves_jupyter_alone() -> None:
-    # jax 0.5.2 runs on jaxlib 0.5.1: there is no jaxlib 0.5.2 to pin.
-    packages, constraints = colab.install_plan(
-        "0.5.2", has_gpu=True, requirement=Requirement("jax>=0.5"), installed_jaxlib="0.5.1"
-    )
-    assert constraints == ["jax==0.5.2", "jaxlib==0.5.1"]
-    names = {Requirement(package).name for package in packages}
-    assert "flax" in names and "optax" in names
-    assert names.isdisjoint({"jax", "jaxlib", *colab.JUPYTER_TOOLING})
-
-
-def test_colab_jupyter_tooling_names_declared_dependencies() -> None:
-    declared = {req.name for req in colab._requirements()}
-    assert set(colab.JUPYTER_TOOLING) <= declared
 
 
 def test_notebook_header_outside_the_repository_fails(

@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from helpers import colab, notebook_header, repository, run_series
+from helpers import notebook_header, repository, run_series
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -49,32 +49,6 @@ def test_tested_versions_cover_every_dependency() -> None:
         name = requirement.name.lower().replace("_", "-")
         assert name in pinned, f"{name} has no tested version"
         assert requirement.specifier.contains(pinned[name]), f"{name}=={pinned[name]} vs {text}"
-
-
-def test_colab_keeps_a_new_enough_jax() -> None:
-    requirement = Requirement("jax>=0.10")
-    packages, constraints = colab.install_plan(
-        "0.10.2", has_gpu=True, requirement=requirement, installed_jaxlib="0.10.1"
-    )
-    assert constraints == ["jax==0.10.2", "jaxlib==0.10.1"]  # each pinned to its own version
-    assert not any(p.startswith(("jax>", "jax[", "jaxlib")) for p in packages)
-    assert any(p.startswith("flax") for p in packages)
-
-
-@pytest.mark.parametrize(
-    ("has_gpu", "expected"), [(True, "jax[cuda12]>=0.10"), (False, "jax>=0.10")]
-)
-def test_colab_upgrades_old_jax_matching_the_runtime(has_gpu: bool, expected: str) -> None:
-    packages, constraints = colab.install_plan("0.4.33", has_gpu, Requirement("jax>=0.10"))
-    assert packages[0] == expected and constraints == []
-    packages, _ = colab.install_plan(None, has_gpu, Requirement("jax>=0.10"))
-    assert packages[0] == expected
-
-
-def test_colab_reads_jax_requirement_from_package_metadata() -> None:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    declared = next(d for d in pyproject["project"]["dependencies"] if d.startswith("jax"))
-    assert colab.jax_requirement() == Requirement(declared)
 
 
 def test_there_are_notebooks() -> None:
