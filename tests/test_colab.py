@@ -86,8 +86,12 @@ def test_gpu_runtime_with_a_cpu_only_jax_gets_the_cuda_plugin() -> None:
 
 
 def test_gpu_driver_too_old_for_any_cuda_wheel_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"^NVIDIA driver 470\.82 is older than 525\.60\.13, "):
+    with pytest.raises(ValueError) as raised:
         colab.install_plan(gpu("470.82"), DECLARED)
+    assert str(raised.value) == (
+        "NVIDIA driver 470.82 is older than 525.60.13, the oldest JAX's CUDA wheels run on; "
+        "choose a newer GPU runtime, or a CPU runtime"
+    )
 
 
 def test_cpu_runtime_keeps_new_jax_and_gets_plain_jax_otherwise() -> None:
