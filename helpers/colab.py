@@ -179,7 +179,7 @@ def setup_colab(root: Path = Path("/")) -> None:
     runtime = detect_runtime(root)
     declared = requirements()
     plan = install_plan(runtime, declared)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
+    with tempfile.NamedTemporaryFile("w", delete=False) as file:  # pip -c takes any name
         file.write("".join(f"{line}\n" for line in plan.constraints))
     command = [sys.executable, "-m", "pip", "install", "-q", "-c", file.name, *plan.packages]
     try:

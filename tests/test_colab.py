@@ -352,3 +352,64 @@ def test_setup_colab_removes_the_constraints_file_when_pip_fails(
     with pytest.raises(subprocess.CalledProcessError):
         colab.setup_colab(fake_root(tmp_path))
     assert seen and not seen[0].exists()
+
+
+def test_a_prerelease_of_another_package_inside_its_bound_is_not_upgraded() -> None:
+    """Also with packaging older than 25 (Colab's), whose contains() turns prereleases
+    away unless asked: prereleases=True is passed explicitly."""
+    runtime = colab.Runtime("cpu", None, {"jax": "0.12.0", "flax": "0.13.0rc1", "optax": "0.2.8"})
+    assert colab.outdated(runtime, DECLARED) == []
+
+
+def test_an_unreadable_driver_file_is_quoted_up_to_200_characters(tmp_path: Path) -> None:
+    text = "x" * 150 + "y" * 100  # no driver version in it
+    with pytest.raises(ValueError) as raised:
+        colab.nvidia_driver(fake_root(tmp_path, text))
+    path = tmp_path / "proc/driver/nvidia/version"
+    assert str(raised.value) == f"no driver version in {path}: '{'x' * 150}{'y' * 50}'"
+
+
+def test_detect_runtime_of_a_tpu_lists_what_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_installed(monkeypatch, {"jax": "0.12.0", "libtpu": "0.0.50", "flax": "0.12.12"})
+    tpu = colab.detect_runtime(fake_root(tmp_path, pci={"0000:00:04.0": "0x1ae0:0x0062"}))
+    assert tpu == colab.Runtime(
+        "tpu", None, {"jax": "0.12.0", "libtpu": "0.0.50", "flax": "0.12.12"}
+    )
+
+
+def test_setup_colab_asks_for_a_restart_when_a_replaced_jax_was_imported(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pip: FakePip,
+) -> None:
+    """Everything else new enough: the restart is for jax alone."""
+    have = {r.name: "1000.0" for r in colab.requirements()} | {"jax": "0.5.2", "jaxlib": "0.5.2"}
+    fake_installed(monkeypatch, have)
+    monkeypatch.setitem(sys.modules, "jax", object())
+    _, _, out = run_setup(pip, fake_root(tmp_path), capsys)
+    assert out.splitlines() == [
+        "Installed jax>=0.12 for this cpu runtime (was 0.5.2).",
+        "Some were imported already: restart the runtime (Runtime > Restart session).",
+    ]
+
+
+def test_setup_colab_finds_an_imported_package_by_its_module_name(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pip: FakePip,
+) -> None:
+    """pip's tensorflow-datasets is the module tensorflow_datasets."""
+    have = {r.name: "1000.0" for r in colab.requirements()} | {"jax": "0.12.0"}
+    have["tensorflow-datasets"] = "4.0"
+    fake_installed(monkeypatch, have)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", object())
+    _, _, out = run_setup(pip, fake_root(tmp_path), capsys)
+    assert out.splitlines() == [
+        "Kept Colab's jax 0.12.0.",
+        "Installed or upgraded: tensorflow-datasets.",
+        "Some were imported already: restart the runtime (Runtime > Restart session).",
+    ]
