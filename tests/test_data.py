@@ -374,12 +374,14 @@ def test_real_copy_loads_complete_and_fast_from_cache(real_copy: Path) -> None:
     np.testing.assert_array_equal(np.bincount(dataset.test_labels), [1000] * 10)
     # shuffled: the first 1,000 training images hold every class
     assert len(np.unique(dataset.train_labels[:1000])) == 10
+    # CPU seconds, not wall time: a CPU shared with other jobs must not fail this test.
+    # Decoding takes about 13 s of CPU; reading the cache back a fraction of a second.
     script = (
-        "import time; t = time.perf_counter(); from helpers.data import load_cifar10; "
-        f"d = load_cifar10({str(real_copy)!r}); print(time.perf_counter() - t)"
+        "import time; from helpers.data import load_cifar10; t = time.process_time(); "
+        f"d = load_cifar10({str(real_copy)!r}); print(time.process_time() - t)"
     )
     seconds = float(subprocess.check_output([sys.executable, "-c", script], text=True))
-    assert seconds < 2.0, f"second load took {seconds:.2f} s"
+    assert seconds < 2.0, f"second load took {seconds:.2f} s of CPU"
 
 
 def test_source_name_names_what_load_reads(monkeypatch: pytest.MonkeyPatch) -> None:

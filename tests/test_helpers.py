@@ -8,10 +8,15 @@ import os
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import ClassVar
 
+import jax
+import jax.numpy as jnp
 import matplotlib
 import nbformat
+import numpy as np
 import pytest
+from flax import nnx
 
 from helpers import mode, notebook_header, run_series
 from helpers.environment import environment_report, installed_version, print_environment
@@ -183,3 +188,501 @@ def test_run_series_keeps_a_failed_notebook_for_inspection(
     assert executed.cells[1].outputs[0]["ename"] == "ZeroDivisionError"
     assert executed.cells[2].outputs == []
     assert "broken.ipynb: FAILED (ZeroDivisionError: division by zero)" in capsys.readouterr().err
+
+
+# --- helpers.notebook_header: what it reports and what --fix writes -------------------------
+
+BADGE_07 = (
+    "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    "(https://colab.research.google.com/github/jax-dl-intro/intro-to-deep-learning-jax"
+    "/blob/main/notebooks/07_new.ipynb)"
+)
+
+
+def write_notebook(path: Path, *cells: nbformat.NotebookNode) -> Path:
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = list(cells)
+    nbformat.write(notebook, path)
+    return path
+
+
+def colab_cell(tags: tuple[str, ...] = ("nbval-skip",)) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(notebook_header.colab_cell_source())
+    cell.metadata["tags"] = list(tags)
+    return cell
+
+
+def test_badge_is_the_colab_badge_image_linking_to_the_notebook() -> None:
+    assert notebook_header.badge_markdown("07_new.ipynb") == BADGE_07
+
+
+def test_colab_cell_installs_the_package_and_sets_up_only_on_colab(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cell's text runs: on Colab it pip-installs this repository without its
+    dependencies, then calls setup_colab; elsewhere it does nothing."""
+    import subprocess
+    import types
+
+    from helpers import colab
+
+    calls: list[tuple[list[str], dict[str, object]]] = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append((args, kw)))
+    monkeypatch.setattr(colab, "setup_colab", lambda: calls.append((["setup_colab"], {})))
+    source = notebook_header.colab_cell_source()
+    assert source.splitlines()[0].startswith("# Colab only: ")
+    exec(compile(source, "cell", "exec"), {})
+    assert calls == []  # not on Colab
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(compile(source, "cell", "exec"), {})
+    target = "git+https://github.com/jax-dl-intro/intro-to-deep-learning-jax@main"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", target]
+    assert calls == [(pip, {"check": True}), (["setup_colab"], {})]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        None,  # no cells at all
+        nbformat.v4.new_code_cell("# Title"),
+        nbformat.v4.new_markdown_cell("## Title"),
+        nbformat.v4.new_markdown_cell("#Title"),
+    ],
+)
+def test_header_check_wants_a_markdown_title_first(
+    tmp_path: Path, first: nbformat.NotebookNode | None
+) -> None:
+    path = write_notebook(tmp_path / "07_new.ipynb", *([first] if first else []), colab_cell())
+    assert notebook_header.problems(path) == [
+        "07_new.ipynb: the first cell must be a markdown title starting with '# '"
+    ]
+
+
+def test_header_check_accepts_a_complete_header(tmp_path: Path) -> None:
+    title = nbformat.v4.new_markdown_cell(f"# Title\n\n{BADGE_07}\nText")
+    path = write_notebook(tmp_path / "07_new.ipynb", title, colab_cell())
+    assert notebook_header.problems(path) == []
+
+
+@pytest.mark.parametrize("badges", [0, 2])
+def test_header_check_wants_exactly_one_badge(tmp_path: Path, badges: int) -> None:
+    title = nbformat.v4.new_markdown_cell("# Title\n" + "\n".join([BADGE_07] * badges))
+    path = write_notebook(tmp_path / "07_new.ipynb", title, colab_cell())
+    assert notebook_header.problems(path) == [
+        "07_new.ipynb: title cell needs one Colab badge opening 07_new.ipynb"
+    ]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        None,  # only the title
+        nbformat.v4.new_markdown_cell(notebook_header.colab_cell_source()),
+        nbformat.v4.new_code_cell(notebook_header.colab_cell_source() + "\n"),
+    ],
+)
+def test_header_check_wants_the_colab_cell_second(
+    tmp_path: Path, second: nbformat.NotebookNode | None
+) -> None:
+    title = nbformat.v4.new_markdown_cell(f"# Title\n{BADGE_07}")
+    path = write_notebook(tmp_path / "07_new.ipynb", title, *([second] if second else []))
+    assert notebook_header.problems(path) == [
+        "07_new.ipynb: second cell must be the Colab install cell"
+    ]
+
+
+def test_header_check_wants_the_colab_cell_skipped_and_only_it(tmp_path: Path) -> None:
+    title = nbformat.v4.new_markdown_cell(f"# Title\n{BADGE_07}")
+    tagged = nbformat.v4.new_markdown_cell("text")
+    tagged.metadata["tags"] = ["nbval-skip"]
+    path = write_notebook(
+        tmp_path / "07_new.ipynb",
+        title,
+        colab_cell(tags=("export",)),
+        nbformat.v4.new_code_cell("1"),
+        tagged,
+    )
+    assert notebook_header.problems(path) == [
+        "07_new.ipynb: the Colab install cell must be tagged nbval-skip",
+        "07_new.ipynb: cell 4 is tagged nbval-skip; only the Colab cell may be",
+    ]
+
+
+def test_header_fix_puts_the_badge_under_the_title_line(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "07_new.ipynb",
+        nbformat.v4.new_markdown_cell("# Title\nFirst line\nSecond"),
+        nbformat.v4.new_code_cell("print(1)"),
+    )
+    before = nbformat.read(path, as_version=4).cells[1].id
+    notebook_header.fix(path)
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].source == f"# Title\n\n{BADGE_07}\nFirst line\nSecond"
+    assert [cell.source for cell in cells[1:]] == [
+        notebook_header.colab_cell_source(),
+        "print(1)",  # an ordinary first code cell stays, after the inserted one
+    ]
+    assert cells[1].metadata["tags"] == ["nbval-skip"] and cells[2].id == before
+    assert notebook_header.problems(path) == []
+
+
+def test_header_fix_replaces_only_the_first_badge_and_an_old_colab_cell(tmp_path: Path) -> None:
+    old_badge = BADGE_07.replace("07_new", "03_old")
+    old_cell = nbformat.v4.new_code_cell("import google.colab  # an older install cell")
+    path = write_notebook(
+        tmp_path / "07_new.ipynb",
+        nbformat.v4.new_markdown_cell(f"# Title\n{old_badge} and {old_badge}"),
+        old_cell,
+        nbformat.v4.new_code_cell("2"),
+    )
+    notebook_header.fix(path)
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].source == f"# Title\n{BADGE_07} and {old_badge}"
+    assert [cell.source for cell in cells[1:]] == [notebook_header.colab_cell_source(), "2"]
+    assert cells[1].id == old_cell.id  # replaced in place: the cell keeps its id
+
+
+def test_header_fix_adds_the_colab_cell_to_a_title_only_notebook(tmp_path: Path) -> None:
+    path = write_notebook(tmp_path / "07_new.ipynb", nbformat.v4.new_markdown_cell("# Title"))
+    notebook_header.fix(path)
+    cells = nbformat.read(path, as_version=4).cells
+    assert [cell.source for cell in cells] == [
+        f"# Title\n\n{BADGE_07}\n",
+        notebook_header.colab_cell_source(),
+    ]
+
+
+def test_header_command_checks_and_fixes_the_given_notebooks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_notebook(
+        tmp_path / "07_new.ipynb",
+        nbformat.v4.new_markdown_cell(f"# Title\n{BADGE_07}"),
+        colab_cell(),
+    )
+    bad = write_notebook(tmp_path / "08_bad.ipynb", nbformat.v4.new_markdown_cell("# Title"))
+    assert notebook_header.main([str(good)]) == 0
+    assert capsys.readouterr().out == "1 notebook headers OK\n"
+    assert notebook_header.main([str(good), str(bad)]) == 1
+    assert capsys.readouterr().out == (
+        "08_bad.ipynb: title cell needs one Colab badge opening 08_bad.ipynb\n"
+        "08_bad.ipynb: second cell must be the Colab install cell\n"
+    )
+    assert notebook_header.main(["--fix", str(good), str(bad)]) == 0
+    assert capsys.readouterr().out == "2 notebook headers OK\n"
+
+
+def test_header_command_checks_every_notebook_in_notebooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notebooks").mkdir()
+    write_notebook(tmp_path / "notebooks" / "b.ipynb", nbformat.v4.new_markdown_cell("# B"))
+    write_notebook(tmp_path / "notebooks" / "a.ipynb", nbformat.v4.new_markdown_cell("text"))
+    (tmp_path / "notebooks" / "notes.txt").write_text("not a notebook")
+    monkeypatch.chdir(tmp_path)
+    assert notebook_header.main([]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "a.ipynb: the first cell must be a markdown title starting with '# '",
+        "b.ipynb: title cell needs one Colab badge opening b.ipynb",
+        "b.ipynb: second cell must be the Colab install cell",
+    ]
+
+
+def test_header_command_help_describes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        notebook_header.main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Check (and fix) the first two cells every notebook must have." in text
+    assert "--fix rewrite badge and Colab cell" in text
+    assert "default: all of notebooks/" in text
+
+
+# --- helpers.run_series: the runner's parts, with the kernel faked where a real one adds nothing
+
+
+def stream(text: str, name: str = "stdout") -> nbformat.NotebookNode:
+    return nbformat.v4.new_output("stream", name=name, text=text)
+
+
+def test_key_result_is_the_printed_text_of_the_first_tagged_code_cell() -> None:
+    tagged = nbformat.v4.new_code_cell("...")
+    tagged.metadata["tags"] = ["nbval-ignore-output", "key-result"]
+    tagged.outputs = [
+        stream("accuracy "),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "'not printed'"}),
+        stream("0.5\n\n", name="stderr"),
+    ]
+    later = nbformat.v4.new_code_cell("...")
+    later.metadata["tags"] = ["key-result"]
+    later.outputs = [stream("second")]
+    markdown = nbformat.v4.new_markdown_cell("text")
+    markdown.metadata["tags"] = ["key-result"]
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [markdown, nbformat.v4.new_code_cell("x"), tagged, later]
+    assert run_series.key_result(notebook) == "accuracy 0.5"
+    notebook.cells = [markdown, nbformat.v4.new_code_cell("x")]
+    assert run_series.key_result(notebook) == ""
+
+
+def test_strip_metadata_drops_timestamps_and_widgets_only() -> None:
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata.update(widgets={"state": 1}, kernelspec={"name": "python3"})
+    cell = nbformat.v4.new_code_cell("1")
+    cell.metadata.update(execution={"iopub.status.busy": "2026"}, tags=["key-result"])
+    notebook.cells = [cell, nbformat.v4.new_markdown_cell("text")]
+    run_series.strip_metadata(notebook)
+    assert dict(notebook.metadata) == {"kernelspec": {"name": "python3"}}
+    assert dict(cell.metadata) == {"tags": ["key-result"]}
+
+
+@pytest.mark.parametrize(
+    ("error", "summary"),
+    [
+        (
+            run_series.CellExecutionError("trace", "ValueError", "bad value"),
+            "ValueError: bad value",
+        ),
+        (
+            run_series.CellTimeoutError("Cell timed out after 5 s\nsource ..."),
+            "Cell timed out after 5 s",
+        ),
+        (run_series.DeadKernelError("\n  Kernel died\nmore"), "Kernel died"),
+        (run_series.DeadKernelError(""), "DeadKernelError"),
+    ],
+)
+def test_a_failed_run_is_summarised_in_one_line(error: Exception, summary: str) -> None:
+    notebook = nbformat.v4.new_notebook()
+    failure = run_series.NotebookRunError(notebook, error)
+    assert str(failure) == summary and failure.notebook is notebook
+
+
+class FakeClient:
+    """Stands in for nbclient's NotebookClient: records its arguments, 'executes' by
+    adding a timestamp to the cells, and raises ``error`` when given one."""
+
+    error: Exception | None = None
+    made: ClassVar[list[dict[str, object]]] = []
+
+    def __init__(self, notebook: nbformat.NotebookNode, **kwargs: object) -> None:
+        self.notebook = notebook
+        FakeClient.made.append(kwargs)
+
+    def execute(self) -> None:
+        self.notebook.metadata["widgets"] = {"state": 1}
+        for cell in self.notebook.cells:
+            cell.metadata["execution"] = {"iopub.status.busy": "2026"}
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def fake_client(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
+    monkeypatch.setattr(run_series, "NotebookClient", FakeClient)
+    monkeypatch.setattr(FakeClient, "made", [])
+    monkeypatch.setattr(FakeClient, "error", None)
+    return FakeClient
+
+
+def test_execute_runs_the_kernel_in_the_notebooks_folder_and_times_it(
+    tmp_path: Path, fake_client: type[FakeClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter([100.0, 103.5])
+    monkeypatch.setattr(run_series.time, "perf_counter", lambda: next(clock))
+    path = write_notebook(tmp_path / "nb.ipynb", nbformat.v4.new_code_cell("1"))
+    notebook, seconds = run_series.execute(path, timeout_s=42)
+    assert seconds == 3.5
+    assert fake_client.made == [
+        {
+            "timeout": 42,
+            "kernel_name": "python3",
+            "resources": {"metadata": {"path": str(tmp_path)}},
+        }
+    ]
+    assert "widgets" not in notebook.metadata and "execution" not in notebook.cells[0].metadata
+
+
+def test_execute_hands_back_the_stripped_notebook_of_a_failed_run(
+    tmp_path: Path, fake_client: type[FakeClient]
+) -> None:
+    fake_client.error = run_series.CellTimeoutError("Cell timed out")
+    path = write_notebook(tmp_path / "nb.ipynb", nbformat.v4.new_code_cell("1"))
+    with pytest.raises(run_series.NotebookRunError) as raised:
+        run_series.execute(path, timeout_s=1)
+    assert raised.value.__cause__ is fake_client.error
+    assert raised.value.notebook.cells[0].source == "1"
+    assert "execution" not in raised.value.notebook.cells[0].metadata
+
+
+def test_execute_runs_a_real_kernel_in_the_notebooks_folder(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "nb.ipynb", nbformat.v4.new_code_cell("import os\nprint(os.getcwd())")
+    )
+    notebook, _ = run_series.execute(path, timeout_s=60)
+    assert notebook.cells[0].outputs[0]["text"] == f"{tmp_path}\n"
+
+
+@pytest.fixture
+def series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, int]]:
+    """notebooks/ with three notebooks in the current folder, and execute faked: it gives the
+    notebook back with an output added to its first cell, 12.4 s, or fails on 'broken'.
+    Returns the list of its calls (path, timeout)."""
+    (tmp_path / "notebooks").mkdir()
+    for name in ("01_a", "02_b", "03_broken"):
+        tagged = nbformat.v4.new_code_cell(f"print('{name} result')")
+        tagged.metadata["tags"] = ["key-result"] if name != "02_b" else []
+        write_notebook(tmp_path / "notebooks" / f"{name}.ipynb", tagged)
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def execute(path: Path, timeout_s: int) -> tuple[nbformat.NotebookNode, float]:
+        calls.append((path, timeout_s))
+        notebook = nbformat.read(path, as_version=4)
+        notebook.cells[0].outputs = [stream(f"{path.stem} result\n")]
+        if "broken" in path.name:
+            error = run_series.CellExecutionError("trace", "ZeroDivisionError", "division")
+            raise run_series.NotebookRunError(notebook, error)
+        return notebook, 12.4
+
+    monkeypatch.setattr(run_series, "execute", execute)
+    return calls
+
+
+def test_run_series_writes_runs_aside_with_default_options(
+    series: list[tuple[Path, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    committed = (Path("notebooks") / "02_b.ipynb").read_text()
+    assert run_series.main(["02_b.ipynb", "notebooks/01_*"]) == 0
+    assert series == [
+        (Path("notebooks/01_a.ipynb"), 1800),
+        (Path("notebooks/02_b.ipynb"), 1800),
+    ]
+    assert capsys.readouterr().out == (
+        "01_a.ipynb: running ...\n"
+        "01_a.ipynb: 12 s wall time; 01_a result\n"
+        "02_b.ipynb: running ...\n"
+        "02_b.ipynb: 12 s wall time; (no cell tagged key-result)\n"
+    )
+    written = nbformat.read(Path(".notebook_runs/02_b.ipynb"), as_version=4)
+    assert written.cells[0].outputs[0]["text"] == "02_b result\n"
+    assert (Path("notebooks") / "02_b.ipynb").read_text() == committed
+
+
+def test_run_series_inplace_overwrites_the_notebooks_it_ran(series: list[tuple[Path, int]]) -> None:
+    assert run_series.main(["--inplace", "--timeout", "7", "01_a.ipynb"]) == 0
+    assert series == [(Path("notebooks/01_a.ipynb"), 7)]
+    written = nbformat.read(Path("notebooks") / "01_a.ipynb", as_version=4)
+    assert written.cells[0].outputs[0]["text"] == "01_a result\n"
+    assert not (Path(".notebook_runs")).exists()
+
+
+def test_run_series_stops_at_the_first_failure(
+    series: list[tuple[Path, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (Path("notebooks") / "04_d.ipynb").write_text((Path("notebooks") / "01_a.ipynb").read_text())
+    assert run_series.main(["--output-dir", "out/nested"]) == 1  # every notebook, in order
+    assert [p.name for p, _ in series] == [
+        "01_a.ipynb",
+        "02_b.ipynb",
+        "03_broken.ipynb",
+    ]
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "03_broken.ipynb: FAILED (ZeroDivisionError: division); executed up to the failure"
+        " in out/nested/03_broken.ipynb\n"
+    )
+    assert "04_d" not in captured.out
+    failed = nbformat.read(Path("out/nested/03_broken.ipynb"), as_version=4)
+    assert failed.cells[0].outputs[0]["text"] == "03_broken result\n"
+
+
+def test_run_series_names_patterns_that_match_nothing(
+    series: list[tuple[Path, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_series.main(["09_*", "nope.ipynb"]) == 2
+    assert capsys.readouterr().err == "No notebooks match ['09_*', 'nope.ipynb'] in notebooks/\n"
+    assert series == []
+
+
+def test_run_series_help_describes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run_series.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Execute the notebooks headless, in order" in text
+    for option in (
+        "--inplace overwrite the notebooks",
+        "--output-dir OUTPUT_DIR where executed notebooks go; a failed one goes here even",
+        "--timeout TIMEOUT seconds per cell",
+        "notebook file names or globs",
+    ):
+        assert option in text
+
+
+# --- helpers.fast_cifar10's evaluation against NumPy: TTA weights, padding, accuracy --------
+
+
+class LinearLogits(nnx.Module):
+    """A stand-in network: logits = flattened image @ weights (linear, so the combination of
+    views is easy to compute independently)."""
+
+    def __init__(self, weights: np.ndarray) -> None:
+        self.weights = nnx.Param(jnp.asarray(weights))
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return x.reshape(len(x), -1).astype(jnp.float32) @ self.weights[...]
+
+
+def numpy_views(x: np.ndarray) -> list[np.ndarray]:
+    """The six test-time views: the image, its mirror, and both shifted one pixel up-left
+    and down-right (reflect padding), each with its mirror."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, :-2, :-2], padded[:, 2:, 2:]
+    return [x, x[:, :, ::-1], up_left, up_left[:, :, ::-1], down_right, down_right[:, :, ::-1]]
+
+
+def numpy_tta_logits(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(level 0, 1, 2) x images x classes: the view, the mean of two, 1/4 1/4 1/8 1/8 1/8 1/8."""
+    logits = [view.reshape(len(x), -1) @ weights for view in numpy_views(x)]
+    return np.stack(
+        [
+            logits[0],
+            (logits[0] + logits[1]) / 2,
+            (logits[0] + logits[1]) / 4 + sum(logits[2:]) / 8,
+        ]
+    )
+
+
+def test_tta_logits_weight_the_views_as_airbench_does() -> None:
+    from helpers import fast_cifar10 as fc
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 4, 3)).astype(np.float32)
+    weights = rng.normal(size=(48, 10)).astype(np.float32)
+    expected = numpy_tta_logits(x, weights)
+    for level in (0, 1, 2):
+        got = fc.tta_logits(LinearLogits(weights), jnp.asarray(x), level)
+        np.testing.assert_allclose(got, expected[: level + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_counts_a_last_partial_batch_and_never_its_padding() -> None:
+    """Seven images in batches of 3: two padding images of zeros in the last batch. With mean
+    0 their logits are all 0 (argmax: class 0), so a label of 0 there would count them."""
+    from helpers import fast_cifar10 as fc
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
+    weights = rng.normal(size=(48, 10)).astype(np.float32)
+    mean, std = np.float32(0.0), np.float32(0.25)
+    normalized = (images / 255 - mean) / std
+    predicted = numpy_tta_logits(normalized.astype(np.float32), weights).argmax(-1)
+    labels = predicted[2].copy()
+    labels[[1, 4]] = (labels[[1, 4]] + 1) % 10  # 5 of 7 right at level 2
+    expected = (predicted == labels).sum(-1)
+    assert expected[2] == 5
+    graphdef, params, stats = nnx.split(LinearLogits(weights), nnx.Param, nnx.BatchStat)
+    for batch in (3, 7):
+        correct = fc.evaluate_correct(
+            graphdef, params, stats, jnp.asarray(images), jnp.asarray(labels),
+            jnp.asarray(mean), jnp.asarray(std), level=2, batch=batch, dtype=jnp.float32,
+        )  # fmt: skip
+        np.testing.assert_array_equal(correct, expected)
