@@ -300,8 +300,8 @@ def test_setup_colab_on_a_fresh_tpu_needs_no_restart(
     pip: FakePip,
 ) -> None:
     fake_installed(monkeypatch, {})
-    for name in ("jax", "flax", "optax", "numpy", "tensorflow", "matplotlib", "tqdm", "packaging"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    for requirement in colab.requirements():  # none imported, whatever ran before
+        monkeypatch.delitem(sys.modules, requirement.name.replace("-", "_"), raising=False)
     root = fake_root(tmp_path, pci={"0000:00:04.0": "0x1ae0:0x005e"})
     command, constraints, out = run_setup(pip, root, capsys)
     assert command[7] == "jax[tpu]>=0.12" and constraints == ""
