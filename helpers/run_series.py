@@ -43,7 +43,7 @@ def key_result(notebook: nbformat.NotebookNode) -> str:
     """The printed text of the cell tagged ``key-result``, or '' when there is none."""
     for cell in notebook.cells:
         if cell.cell_type == "code" and KEY_RESULT_TAG in cell.metadata.get("tags", []):
-            texts = [out.get("text", "") for out in cell.outputs if out.output_type == "stream"]
+            texts = [out["text"] for out in cell.outputs if out.output_type == "stream"]
             return "".join(texts).strip()
     return ""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import ClassVar
@@ -230,7 +231,10 @@ def test_colab_cell_installs_the_package_and_sets_up_only_on_colab(
     monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append((args, kw)))
     monkeypatch.setattr(colab, "setup_colab", lambda: calls.append((["setup_colab"], {})))
     source = notebook_header.colab_cell_source()
-    assert source.splitlines()[0].startswith("# Colab only: ")
+    assert source.splitlines()[:2] == [  # what a reader of the cell is told
+        "# Colab only: install this series' helpers, keeping Colab's own JAX when it is",
+        "# new enough (nbval skips this cell; elsewhere `./tutorial.sh` installed them).",
+    ]
     exec(compile(source, "cell", "exec"), {})
     assert calls == []  # not on Colab
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
@@ -289,6 +293,30 @@ def test_header_check_wants_the_colab_cell_second(
     assert notebook_header.problems(path) == [
         "07_new.ipynb: second cell must be the Colab install cell"
     ]
+
+
+def test_header_check_wants_the_colab_cell_tagged_even_without_any_tags(tmp_path: Path) -> None:
+    title = nbformat.v4.new_markdown_cell(f"# Title\n{BADGE_07}")
+    untagged = nbformat.v4.new_code_cell(notebook_header.colab_cell_source())
+    path = write_notebook(tmp_path / "07_new.ipynb", title, untagged)
+    assert notebook_header.problems(path) == [
+        "07_new.ipynb: the Colab install cell must be tagged nbval-skip"
+    ]
+
+
+def test_header_fix_fills_an_empty_code_cell_but_keeps_an_empty_markdown_cell(
+    tmp_path: Path,
+) -> None:
+    title = nbformat.v4.new_markdown_cell(f"# Title\n{BADGE_07}")
+    for second in (nbformat.v4.new_code_cell("  \n"), nbformat.v4.new_markdown_cell("")):
+        path = write_notebook(tmp_path / "07_new.ipynb", title, second)
+        notebook_header.fix(path)
+        cells = nbformat.read(path, as_version=4).cells
+        assert cells[1].source == notebook_header.colab_cell_source()
+        if second.cell_type == "code":  # a placeholder: filled in, keeping its id
+            assert len(cells) == 2 and cells[1].id == second.id
+        else:
+            assert len(cells) == 3 and cells[2].id == second.id
 
 
 def test_header_check_wants_the_colab_cell_skipped_and_only_it(tmp_path: Path) -> None:
@@ -444,7 +472,7 @@ def test_strip_metadata_drops_timestamps_and_widgets_only() -> None:
             "ValueError: bad value",
         ),
         (
-            run_series.CellTimeoutError("Cell timed out after 5 s\nsource ..."),
+            run_series.CellTimeoutError("Cell timed out after 5 s\nsource:\n1 / 0"),
             "Cell timed out after 5 s",
         ),
         (run_series.DeadKernelError("\n  Kernel died\nmore"), "Kernel died"),
@@ -522,21 +550,34 @@ def test_execute_runs_a_real_kernel_in_the_notebooks_folder(tmp_path: Path) -> N
     assert notebook.cells[0].outputs[0]["text"] == f"{tmp_path}\n"
 
 
+@dataclass
+class Series:
+    """What the faked runner saw: execute's calls (path, timeout) and every printed line
+    as (stream, text, flushed)."""
+
+    calls: list[tuple[Path, int]] = field(default_factory=list)
+    printed: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    def out(self) -> list[str]:
+        return [text for stream, text, _ in self.printed if stream == "stdout"]
+
+
 @pytest.fixture
-def series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, int]]:
+def series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Series:
     """notebooks/ with three notebooks in the current folder, and execute faked: it gives the
     notebook back with an output added to its first cell, 12.4 s, or fails on 'broken'.
-    Returns the list of its calls (path, timeout)."""
+    print is recorded: each line to stdout must be flushed (shown live in a pipe or a log)."""
     (tmp_path / "notebooks").mkdir()
     for name in ("01_a", "02_b", "03_broken"):
         tagged = nbformat.v4.new_code_cell(f"print('{name} result')")
         tagged.metadata["tags"] = ["key-result"] if name != "02_b" else []
         write_notebook(tmp_path / "notebooks" / f"{name}.ipynb", tagged)
     monkeypatch.chdir(tmp_path)
-    calls = []
+    seen = Series()
 
     def execute(path: Path, timeout_s: int) -> tuple[nbformat.NotebookNode, float]:
-        calls.append((path, timeout_s))
+        seen.calls.append((path, timeout_s))
+        assert seen.printed[-1] == ("stdout", f"{path.name}: running ...", True)
         notebook = nbformat.read(path, as_version=4)
         notebook.cells[0].outputs = [stream(f"{path.stem} result\n")]
         if "broken" in path.name:
@@ -544,64 +585,62 @@ def series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, 
             raise run_series.NotebookRunError(notebook, error)
         return notebook, 12.4
 
+    def fake_print(text: str, file: object = None, flush: bool = False) -> None:
+        stream = {None: "stdout", sys.stdout: "stdout", sys.stderr: "stderr"}[file]
+        seen.printed.append((stream, text, flush))
+
     monkeypatch.setattr(run_series, "execute", execute)
-    return calls
+    monkeypatch.setattr(run_series, "print", fake_print, raising=False)
+    return seen
 
 
-def test_run_series_writes_runs_aside_with_default_options(
-    series: list[tuple[Path, int]], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_run_series_writes_runs_aside_with_default_options(series: Series) -> None:
     committed = (Path("notebooks") / "02_b.ipynb").read_text()
     assert run_series.main(["02_b.ipynb", "notebooks/01_*"]) == 0
-    assert series == [
+    assert series.calls == [
         (Path("notebooks/01_a.ipynb"), 1800),
         (Path("notebooks/02_b.ipynb"), 1800),
     ]
-    assert capsys.readouterr().out == (
-        "01_a.ipynb: running ...\n"
-        "01_a.ipynb: 12 s wall time; 01_a result\n"
-        "02_b.ipynb: running ...\n"
-        "02_b.ipynb: 12 s wall time; (no cell tagged key-result)\n"
-    )
+    assert series.printed == [
+        ("stdout", "01_a.ipynb: running ...", True),
+        ("stdout", "01_a.ipynb: 12 s wall time; 01_a result", True),
+        ("stdout", "02_b.ipynb: running ...", True),
+        ("stdout", "02_b.ipynb: 12 s wall time; (no cell tagged key-result)", True),
+    ]
     written = nbformat.read(Path(".notebook_runs/02_b.ipynb"), as_version=4)
     assert written.cells[0].outputs[0]["text"] == "02_b result\n"
     assert (Path("notebooks") / "02_b.ipynb").read_text() == committed
 
 
-def test_run_series_inplace_overwrites_the_notebooks_it_ran(series: list[tuple[Path, int]]) -> None:
+def test_run_series_inplace_overwrites_the_notebooks_it_ran(series: Series) -> None:
     assert run_series.main(["--inplace", "--timeout", "7", "01_a.ipynb"]) == 0
-    assert series == [(Path("notebooks/01_a.ipynb"), 7)]
+    assert series.calls == [(Path("notebooks/01_a.ipynb"), 7)]
     written = nbformat.read(Path("notebooks") / "01_a.ipynb", as_version=4)
     assert written.cells[0].outputs[0]["text"] == "01_a result\n"
-    assert not (Path(".notebook_runs")).exists()
+    assert not Path(".notebook_runs").exists()
 
 
-def test_run_series_stops_at_the_first_failure(
-    series: list[tuple[Path, int]], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_run_series_stops_at_the_first_failure(series: Series) -> None:
     (Path("notebooks") / "04_d.ipynb").write_text((Path("notebooks") / "01_a.ipynb").read_text())
     assert run_series.main(["--output-dir", "out/nested"]) == 1  # every notebook, in order
-    assert [p.name for p, _ in series] == [
-        "01_a.ipynb",
-        "02_b.ipynb",
-        "03_broken.ipynb",
-    ]
-    captured = capsys.readouterr()
-    assert captured.err == (
+    assert [p.name for p, _ in series.calls] == ["01_a.ipynb", "02_b.ipynb", "03_broken.ipynb"]
+    assert series.printed[-1] == (
+        "stderr",
         "03_broken.ipynb: FAILED (ZeroDivisionError: division); executed up to the failure"
-        " in out/nested/03_broken.ipynb\n"
+        " in out/nested/03_broken.ipynb",
+        False,
     )
-    assert "04_d" not in captured.out
+    assert not any("04_d" in line for line in series.out())
     failed = nbformat.read(Path("out/nested/03_broken.ipynb"), as_version=4)
     assert failed.cells[0].outputs[0]["text"] == "03_broken result\n"
 
 
-def test_run_series_names_patterns_that_match_nothing(
-    series: list[tuple[Path, int]], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_run_series_names_patterns_that_match_nothing(series: Series) -> None:
     assert run_series.main(["09_*", "nope.ipynb"]) == 2
-    assert capsys.readouterr().err == "No notebooks match ['09_*', 'nope.ipynb'] in notebooks/\n"
-    assert series == []
+    assert series.printed == [
+        ("stderr", "No notebooks match ['09_*', 'nope.ipynb'] in notebooks/", False)
+    ]
+    assert series.calls == []
 
 
 def test_run_series_help_describes_it(capsys: pytest.CaptureFixture[str]) -> None:
@@ -613,7 +652,7 @@ def test_run_series_help_describes_it(capsys: pytest.CaptureFixture[str]) -> Non
         "--inplace overwrite the notebooks",
         "--output-dir OUTPUT_DIR where executed notebooks go; a failed one goes here even",
         "--timeout TIMEOUT seconds per cell",
-        "notebook file names or globs",
+        "patterns notebook file names or globs options:",
     ):
         assert option in text
 
