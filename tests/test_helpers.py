@@ -543,11 +543,15 @@ def test_execute_hands_back_the_stripped_notebook_of_a_failed_run(
 
 
 def test_execute_runs_a_real_kernel_in_the_notebooks_folder(tmp_path: Path) -> None:
+    tagged = nbformat.v4.new_code_cell("print('accuracy', 0.5)")
+    tagged.metadata["tags"] = ["key-result"]
     path = write_notebook(
-        tmp_path / "nb.ipynb", nbformat.v4.new_code_cell("import os\nprint(os.getcwd())")
+        tmp_path / "nb.ipynb", nbformat.v4.new_code_cell("import os\nprint(os.getcwd())"), tagged
     )
-    notebook, _ = run_series.execute(path, timeout_s=60)
+    notebook, seconds = run_series.execute(path, timeout_s=60)
     assert notebook.cells[0].outputs[0]["text"] == f"{tmp_path}\n"
+    assert run_series.key_result(notebook) == "accuracy 0.5"
+    assert seconds > 0 and "execution" not in notebook.cells[1].metadata
 
 
 @dataclass

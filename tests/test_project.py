@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from helpers import notebook_header, repository, run_series
+from helpers import notebook_header, repository
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -101,18 +101,6 @@ def test_header_fix_fills_an_empty_placeholder_cell(tmp_path: Path) -> None:
     assert notebook_header.problems(path) == [
         "08_new.ipynb: cell 3 is tagged nbval-skip; only the Colab cell may be"
     ]
-
-
-def test_run_series_executes_and_reports_key_result(tmp_path: Path) -> None:
-    notebook = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("print('accuracy 0.5')")
-    cell.metadata["tags"] = ["key-result"]
-    notebook.cells = [nbformat.v4.new_code_cell("x = 1"), cell]
-    path = tmp_path / "demo.ipynb"
-    nbformat.write(notebook, path)
-    executed, seconds = run_series.execute(path, timeout_s=120)
-    assert run_series.key_result(executed) == "accuracy 0.5"
-    assert seconds > 0 and "execution" not in executed.cells[1].metadata
 
 
 # tutorial.sh against a stand-in .venv (TUTORIAL_VENV) whose python and jupyter only log
