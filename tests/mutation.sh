@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Mutation testing of helpers/ with mutmut: each mutant is a one-line change to the code
-# (a flipped comparison, a changed constant, a dropped argument); the unit tests should fail
-# on it ("killed"). A mutant they pass ("survived") is a change no test notices.
+# Mutation testing of helpers/ and lessons/ with mutmut: each mutant is a one-line change to
+# the code (a flipped comparison, a changed constant, a dropped argument); the unit tests
+# should fail on it ("killed"). A mutant they pass ("survived") is a change no test notices.
 #
-#   tests/mutation.sh              every module of helpers/ that is mutated
-#   tests/mutation.sh data timing  only these modules
+#   tests/mutation.sh                      every module that is mutated
+#   tests/mutation.sh data timing          only these modules of helpers/
+#   tests/mutation.sh lessons.cifar10_cnn  a module generated from a notebook (lessons/)
 #
 # Configuration (files mutated, tests run) is [tool.mutmut] in pyproject.toml. One worker
 # process, so it leaves the other core free. Prints killed/mutants per module and every
@@ -21,11 +22,12 @@ if [[ ! -x "$mutmut" ]]; then
 fi
 patterns=()
 for module in "$@"; do
-  if [[ ! -f "helpers/$module.py" ]]; then
-    echo "tests/mutation.sh: no module helpers/$module.py" >&2
+  if [[ "$module" != lessons.* ]]; then module="helpers.$module"; fi
+  if [[ ! -f "${module//.//}.py" ]]; then
+    echo "tests/mutation.sh: no module ${module//.//}.py" >&2
     exit 1
   fi
-  patterns+=("helpers.$module.*")
+  patterns+=("$module.*")
 done
 rm -rf mutants  # mutmut reuses results it finds there; a run starts afresh
 mkdir mutants
@@ -49,13 +51,13 @@ seconds = int(sys.argv[1])
 results = collections.defaultdict(list)
 for line in open("mutants/results.txt"):
     name, _, status = line.strip().rpartition(": ")
-    if name and status != "not checked":
-        results[name.split(".")[1]].append((name, status))
+    if name and status != "not checked":  # helpers.data.x_load__mutmut_3: module data
+        results[name.rsplit(".", 1)[0].removeprefix("helpers.")].append((name, status))
 failed = []
 for module, mutants in sorted(results.items()):
     killed = sum(status in ("killed", "timeout") for _, status in mutants)
     share = killed / len(mutants)
-    print(f"{module:16} {killed:4d}/{len(mutants):4d} killed ({share:.0%})")
+    print(f"{module:19} {killed:4d}/{len(mutants):4d} killed ({share:.0%})")
     for name, status in mutants:
         if status not in ("killed", "timeout"):
             print(f"    {status}: {name}")
