@@ -38,8 +38,10 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -144,6 +146,22 @@ def evaluate(ab, graphdef, state, images, labels, level: int, sharding: NamedSha
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if not args.coordinator:
+        return train(args)
+    try:
+        return train(args)
+    except BaseException:
+        # At exit, jax.distributed waits for every process to get there too (up to 5
+        # minutes), while the others wait for this one in their next all-reduce. A process
+        # that failed leaves at once instead, so that the others fail soon after.
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Connect, train and evaluate; print and return this process's JSON line."""
     if args.cpu_devices:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     if args.coordinator:

@@ -96,8 +96,9 @@ def run_all(commands: dict[str, list[str]], env: dict[str, str], logs: Path) -> 
         out, err = (open(logs / f"{name}.{kind}", "w") for kind in ("out", "err"))  # noqa: SIM115
         procs[name] = (subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT), out, err)
 
-    def tail(name: str) -> str:
-        return (logs / f"{name}.err").read_text()[-2000:]
+    def tail(name: str) -> str:  # without the native stack trace of an abort
+        lines = (logs / f"{name}.err").read_text().splitlines()
+        return "\n".join(line for line in lines if not line.startswith("    @ "))[-3000:]
 
     start, failure = time.monotonic(), None
     try:
