@@ -165,8 +165,8 @@ def train(args: argparse.Namespace) -> dict:
     if args.cpu_devices:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     if args.coordinator:
-        # Between CPU processes the collectives go through Gloo over TCP (the default since
-        # jax 0.5; set for clarity). GPUs use NCCL, TPUs their own links.
+        # Between CPU processes the collectives go through Gloo over TCP (jax 0.12's
+        # default, set here to say so). On GPUs JAX uses NCCL.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=args.coordinator,
