@@ -50,9 +50,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# lessons.airbench (generated from notebook 06's cells) is imported in main(): importing it
-# creates arrays, which starts JAX, and the device count and the connection to the other
-# processes must be set before that.
+# lessons.airbench (generated from notebook 06's cells) is imported in train(): importing
+# it creates arrays, which starts JAX, and the device count and the connection to the
+# other processes must be set before that.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,11 +146,11 @@ def evaluate(ab, graphdef, state, images, labels, level: int, sharding: NamedSha
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if not args.coordinator:
-        return train(args)
     try:
         return train(args)
     except BaseException:
+        if not args.coordinator:
+            raise
         # At exit, jax.distributed waits for every process to get there too (up to 5
         # minutes), while the others wait for this one in their next all-reduce. A process
         # that failed leaves at once instead, so that the others fail soon after.
