@@ -171,7 +171,7 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
     assert results[0]["test_accuracy"] == results[1]["test_accuracy"]
     # Eight devices add up the batch's losses, gradients and batch-norm statistics as
     # eight partial sums, one device as one sum: the same numbers up to float32 rounding,
-    # which six steps carry on (at most 4.3e-7 apart, relatively, when this was written).
+    # which six steps carry on (at most 4.2e-7 apart, relatively, when this was written).
     # A process training alone on its half would see half the summed loss and its own
     # batch-norm statistics.
     np.testing.assert_allclose(results[0]["losses"], expected["losses"], rtol=5e-6)
