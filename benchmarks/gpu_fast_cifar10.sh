@@ -5,6 +5,9 @@
 #   2. benchmarks/fast_cifar10.py --runs 5 -> $OUT/fast_cifar10_benchmark.json
 #   3. the same with --recipe airbench94_muon -> $OUT/fast_cifar10_muon.json
 #      (2 and 3 are, as always on a GPU, appended to benchmarks/results/fast_cifar10.jsonl)
+#   5. (PARTS "cells") benchmarks/fast_cifar10_cells.py --runs 5, airbench94 and airbench94_muon
+#      as written in notebook 06's cells (lessons.airbench) -> $OUT/fast_cifar10_cells*.json
+#      (appended to benchmarks/results/fast_cifar10_cells.jsonl)
 #   4. (only when PARTS names "costs") benchmarks/fast_cifar10_costs.py muon donation
 #      -> $OUT/fast_cifar10_costs.jsonl (about 2 minutes on an H200 from an empty cache)
 # PARTS (default "ablation benchmark muon") picks which parts run.
@@ -25,7 +28,7 @@ export TUTORIAL_CACHE_DIR=${TUTORIAL_CACHE_DIR:-$PWD/.cache}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache-fast-cifar10}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
-PARTS=${PARTS:-ablation benchmark muon}
+PARTS=${PARTS:-cells ablation benchmark muon}
 smoke_flag=()
 if [[ "${SMOKE:-0}" == 1 ]]; then smoke_flag=(--smoke); fi
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
@@ -49,6 +52,15 @@ fi
 
 runs=5
 if [[ "${SMOKE:-0}" == 1 ]]; then runs=2; fi
+if [[ " $PARTS " == *" cells "* ]]; then
+  cells_recipes=(airbench94 airbench94_muon)
+  if [[ "${SMOKE:-0}" == 1 ]]; then cells_recipes=(quick); fi
+  for recipe in "${cells_recipes[@]}"; do
+    log "notebook 06's cells: benchmarks/fast_cifar10_cells.py --recipe $recipe --runs $runs"
+    timeout 240 "$PYTHON" benchmarks/fast_cifar10_cells.py --recipe "$recipe" --runs "$runs" \
+      | tee "$OUT/fast_cifar10_cells_$recipe.json" || log "cells benchmark stopped early (status $?)"
+  done
+fi
 if [[ " $PARTS " == *" benchmark "* ]]; then
   log "benchmark: benchmarks/fast_cifar10.py --runs $runs"
   timeout 120 "$PYTHON" benchmarks/fast_cifar10.py --runs "$runs" "${smoke_flag[@]}" \

@@ -480,6 +480,21 @@ def test_cost_probes_reject_zero_repeats(capsys: pytest.CaptureFixture[str]) -> 
 # --- lessons.airbench: the recipe written in notebook 06's cells ---------------------
 
 
+def tiny_recipe(**change: Any) -> Any:
+    from lessons import airbench as ab
+
+    return dataclasses.replace(ab.QUICK_RECIPE, **({"widths": (8, 16, 16), "batch": 32} | change))
+
+
+@pytest.fixture(scope="module")
+def cells_data() -> Any:
+    from lessons import airbench as ab
+
+    images, labels = learnable_images(128, 0)
+    test_images, test_labels = learnable_images(64, 1)
+    return ab.to_device(images, labels, test_images, test_labels)
+
+
 def test_airbench_tta_views_and_weights_by_hand() -> None:
     from lessons import airbench as ab
 
@@ -495,22 +510,64 @@ def test_airbench_tta_views_and_weights_by_hand() -> None:
     np.testing.assert_allclose(np.asarray(ab.TTA_WEIGHTS), [1 / 4, 1 / 4] + [1 / 8] * 4)
 
 
-def test_airbench_first_step_is_torch_nesterov_sgd_per_group() -> None:
+def test_airbench_two_steps_are_torch_nesterov_sgd_per_group() -> None:
+    """The reference: lr = 11.5 / kilostep, weight_decay = wd / lr, biases 64x lr."""
     from lessons import airbench as ab
 
-    total, batch, lr, momentum, wd = 10, 64, 11.5, 0.85, 0.0153
+    total, batch, momentum = 10, 64, 0.85
     tx = ab.make_optimizer(total, batch=batch)
-    params = {"w": ab.Filter(jnp.array([1.0, -2.0])), "b": ab.NormBias(jnp.array([0.5]))}
-    grads = {"w": ab.Filter(jnp.array([0.3, 0.1])), "b": ab.NormBias(jnp.array([-1.0]))}
-    updates, _ = tx.update(grads, tx.init(params), params)
+    params = {
+        "w": ab.Filter(jnp.array([1.0, -2.0])),
+        "b": ab.NormBias(jnp.array([0.5])),
+        "c": ab.WhitenBias(jnp.array([0.3])),
+    }
+    state = tx.init(params)
     kilostep = 1024 * (1 + 1 / (1 - momentum))
-    for name, lr_scale, wd_scale in (("w", 1.0, 1.0), ("b", 64.0, 1 / 64)):
-        p, g = np.asarray(params[name][...]), np.asarray(grads[name][...])
-        d = g + wd * batch / kilostep * wd_scale * p  # PyTorch: decay added to the gradient
-        buf = d  # first step: momentum buffer = d
-        step_lr = 0.2 * lr / kilostep * lr_scale  # the triangle starts at 0.2 of the peak
-        want = -step_lr * (d + momentum * buf)  # Nesterov
-        np.testing.assert_allclose(np.asarray(updates[name][...]), want, rtol=1e-5)
+    torch_lr, torch_wd = 11.5 / kilostep, 0.0153 * batch / kilostep
+    groups = {"w": torch_lr, "b": 64 * torch_lr, "c": torch_lr}
+    want = {k: np.asarray(v[...]) for k, v in params.items()}
+    buf = {k: np.zeros_like(v) for k, v in want.items()}
+    peak = int(0.23 * total)
+    for step, g in enumerate([{"w": [0.3, 0.1], "b": [-1.0], "c": [2.0]},
+                              {"w": [0.2, -0.4], "b": [0.5], "c": [1.0]}]):  # fmt: skip
+        grads = {k: type(params[k])(jnp.array(v)) for k, v in g.items()}
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        factor = 0.2 + 0.8 * step / peak  # torch's LambdaLR before the peak
+        for k, lr in groups.items():
+            d = np.array(g[k]) + torch_wd / lr * want[k]  # PyTorch adds decay to the gradient
+            buf[k] = momentum * buf[k] + d
+            want[k] = want[k] - lr * factor * (d + momentum * buf[k])
+    for k in params:
+        np.testing.assert_allclose(np.asarray(params[k][...]), want[k], rtol=1e-5)
+
+
+def test_airbench_first_layer_bias_stops_after_its_steps() -> None:
+    from lessons import airbench as ab
+
+    tx = ab.make_optimizer(10, 64, ab.AIRBENCH94, whiten_bias_steps=2)
+    params = {"c": ab.WhitenBias(jnp.array([0.3])), "w": ab.Filter(jnp.array([1.0]))}
+    grads = {"c": ab.WhitenBias(jnp.array([1.0])), "w": ab.Filter(jnp.array([1.0]))}
+    state, seen = tx.init(params), []
+    for _ in range(4):
+        updates, state = tx.update(grads, state, params)
+        seen.append((float(updates["c"][...][0]), float(updates["w"][...][0])))
+    assert all(c != 0 for c, _ in seen[:2]) and all(c == 0 for c, _ in seen[2:])
+    assert all(w != 0 for _, w in seen)
+
+
+def test_airbench_parameters_are_labelled_by_type_not_name() -> None:
+    from lessons import airbench as ab
+
+    model = ab.Airbench(widths=(8, 16, 16))
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    labels = jax.tree.leaves(ab.kind_of(params))
+    assert sorted(set(labels)) == ["Filter", "Head", "NormBias", "WhitenBias"]
+    assert labels.count("Filter") == 6 and labels.count("Head") == 1  # 6 conv filter banks
+    assert labels.count("WhitenBias") == 1
+    assert labels.count("NormBias") == 6  # two batch norms per group
+    learned = ab.Airbench(widths=(8, 16, 16), whiten=False)  # the first layer then trains
+    assert isinstance(learned.whiten, ab.Filter) and not isinstance(model.whiten, nnx.Param)
 
 
 def test_airbench_whitening_decorrelates_patches() -> None:
@@ -524,33 +581,154 @@ def test_airbench_whitening_decorrelates_patches() -> None:
     np.testing.assert_allclose(np.cov(out.T, bias=True), np.eye(12), atol=2e-2)
 
 
-def test_airbench_cells_train_a_few_steps() -> None:
-    from flax import nnx
+@pytest.mark.parametrize(
+    ("platform", "capability", "dtype"),
+    [("gpu", "9.0", "bfloat16"), ("gpu", "8.0", "bfloat16"), ("gpu", "7.5", "float16"),
+     ("tpu", None, "bfloat16"), ("cpu", None, "float32"), ("gpu", None, "float32")],
+)  # fmt: skip
+def test_airbench_compute_dtype_by_device(platform: str, capability: str | None, dtype: str):
+    from types import SimpleNamespace
 
     from lessons import airbench as ab
 
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.integers(0, 256, (128, 36, 36, 3), dtype=np.uint8))
-    labels = jnp.asarray(rng.integers(0, 10, 128))
-    flip = jnp.asarray(rng.random(128) < 0.5)
-    model = ab.Airbench(widths=(8, 16, 16), seed=0)
-    model.whiten[...] = ab.whitening_filters(ab.normalize(images[:, 2:-2, 2:-2]))
-    total = 8
-    tx = ab.make_optimizer(total, batch=32)
+    device = SimpleNamespace(platform=platform, compute_capability=capability)
+    assert ab.compute_dtype(device) == dtype  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"flip": "sometimes"}, "flip must be 'alternating' or 'random' or 'none'"),
+        ({"tta": 3}, "tta must be 0, 1 or 2, got 3"),
+        ({"translate": 3}, "translate must be 0, 1 or 2, got 3"),
+        ({"batch": 0}, "batch must be at least 1, got 0"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+        ({"widths": (8, 16)}, "widths must be three positive ints"),
+        ({"dtype": "float64"}, "dtype must be None, 'float32', 'bfloat16' or 'float16'"),
+        ({"schedule": "cosine"}, "schedule must be 'triangle' or 'constant'"),
+    ],
+)
+def test_airbench_recipe_rejects_bad_values(change: dict[str, Any], message: str) -> None:
+    from lessons import airbench as ab
+
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(ab.AIRBENCH94, **change)
+
+
+def test_airbench_train_rejects_a_batch_larger_than_the_data(cells_data: Any) -> None:
+    from lessons import airbench as ab
+
+    with pytest.raises(ValueError, match="batch 256 at most the 128 training images"):
+        ab.train(cells_data, tiny_recipe(batch=256))
+    with pytest.raises(ValueError, match="loop must be 'epoch' or 'step'"):
+        ab.train(cells_data, tiny_recipe(), loop="scan")
+
+
+def test_airbench_lookahead_follows_the_reference_schedule() -> None:
+    from lessons import airbench as ab
+
+    total = 20
+    for count in (4, 5, 10, 20):
+        slow, fast = ab.lookahead(jnp.zeros(1), jnp.ones(1), jnp.array(count), total)
+        decay = 1.0 if count == total else 0.95**5 * (count / total) ** 3
+        if count % 5 and count != total:  # not a sync step: nothing moves
+            assert float(slow[0]) == 0 and float(fast[0]) == 1
+        else:  # average <- decay * average + (1 - decay) * weights; weights <- average
+            assert float(slow[0]) == pytest.approx(1 - decay, rel=1e-6)
+            assert float(fast[0]) == float(slow[0])
+
+
+def test_airbench_augment_shifts_and_flips() -> None:
+    from lessons import airbench as ab
+
+    images = jnp.arange(2 * 36 * 36 * 3, dtype=jnp.float32).reshape(2, 36, 36, 3)
+    key = jax.random.key(0)
+    centre = np.asarray(images[:, 2:-2, 2:-2])
+    still = ab.augment(images, key, 0, jnp.array([False, False]), 0, "none")
+    np.testing.assert_array_equal(np.asarray(still), centre)
+    flip = jnp.array([True, False])
+    even = np.asarray(ab.augment(images, key, 0, flip, 0, "alternating"))
+    odd = np.asarray(ab.augment(images, key, 1, flip, 0, "alternating"))
+    np.testing.assert_array_equal(even[0], centre[0, :, ::-1])
+    np.testing.assert_array_equal(even[1], centre[1])
+    np.testing.assert_array_equal(odd, even[:, :, ::-1])  # every image turns each epoch
+    shifted = np.asarray(ab.augment(images, key, 0, flip, 2, "none"))
+    offsets = [np.argwhere(np.asarray(images[i]) == shifted[i, 0, 0, 0])[0][:2] for i in range(2)]
+    assert all(o.min() >= 0 and o.max() <= 4 for o in offsets)
+
+
+def test_airbench_harness_gives_the_losses_of_the_cells_by_hand(cells_data: Any) -> None:
+    """train() (one call per step) against the cells composed by hand (scanned epochs)."""
+    from lessons import airbench as ab
+
+    recipe = tiny_recipe(epochs=1.5)  # 4 steps per epoch: 6 steps, the second epoch cut short
+    result = ab.train(cells_data, recipe, seed=3, loop="step")
+
+    model = ab.Airbench(recipe.widths, 3, "float32")
+    model.whiten[...] = ab.whitening_filters(ab.normalize(cells_data.train[:, 2:-2, 2:-2]))
+    tx = ab.make_optimizer(6, 32, recipe, 3 * 4)
     graphdef, state = ab.init_state(model, tx)
-    all_losses = []
+    key_flip, key = jax.random.split(jax.random.key(3))
+    flip = jax.random.bernoulli(key_flip, 0.5, (128,))
+    losses = []
     for epoch in range(2):
-        key = jax.random.key(epoch)
-        state, losses = ab.train_epoch(
-            graphdef, tx, state, images, labels, key, epoch, flip, total_steps=total, batch=32
-        )
-        all_losses.extend(np.asarray(losses).tolist())
-    assert len(all_losses) == total and np.all(np.isfinite(all_losses))
-    params, frozen, stats, _, slow, count = state
-    assert int(count) == total
-    # at the last step the lookahead average replaces the weights outright
+        state, loss = ab.train_epoch(
+            graphdef, tx, state, cells_data.train, cells_data.train_labels,
+            jax.random.fold_in(key, epoch), epoch, flip, total_steps=6, batch=32, recipe=recipe,
+        )  # fmt: skip
+        losses.extend(np.asarray(loss).tolist())
+    assert len(result.losses) == 6 and np.all(np.isfinite(result.losses))
+    np.testing.assert_allclose(result.losses, np.array(losses[:6]) / 32, rtol=2e-5)
+    assert int(state[-1]) == 6  # the two extra scanned steps changed nothing
+    params, _, stats, _, slow, _ = state
     for got, want in zip(jax.tree.leaves((params, stats)), jax.tree.leaves(slow), strict=True):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    logits = ab.tta_logits(graphdef, params, frozen, stats, images[:4, 2:-2, 2:-2])
-    assert logits.shape == (4, 10)
-    assert isinstance(model.head, nnx.Param)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # last step: average
+    accuracy = ab.accuracy(graphdef, state, cells_data.test, cells_data.test_labels, 2, 64)
+    assert result.test_accuracy[2] == pytest.approx(accuracy, abs=1 / 64)
+    assert set(result.test_accuracy) == {0, 1, 2} and 0 <= result.train_accuracy <= 1
+
+
+def test_cells_benchmark_quick_prints_its_summary(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = load_script(ROOT / "benchmarks" / "fast_cifar10_cells.py")
+    cifar = synthetic_cifar(train=128, test=64)
+    monkeypatch.setattr("helpers.load_cifar10", lambda: cifar)
+    assert script.main(["--recipe", "quick", "--runs", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["recipe"] == "quick" and summary["runs"] == 1 and len(summary["accs"]) == 1
+    assert 0 <= summary["acc_mean"] <= 1 and summary["seconds_per_run"] > 0
+    with pytest.raises(SystemExit):
+        script.main(["--runs", "0"])
+
+
+def test_airbench_muon_steps_follow_the_reference_in_float64() -> None:
+    """airbench94_muon's Muon.step: Nesterov buffer, weight renormalised, Newton-Schulz step."""
+    from lessons import airbench as ab
+
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(3, 3, 8, 16))
+    tx = ab.muon(lambda s: 0.24 * (1 - s / 10), momentum=0.6)
+    params = {"w": jnp.asarray(p, jnp.float32)}
+    state = tx.init(params)
+    want, buf = p, np.zeros_like(p)
+    for step in range(2):
+        g = rng.normal(size=p.shape)
+        updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = optax.apply_updates(params, updates)
+        buf = 0.6 * buf + g
+        d = g + 0.6 * buf
+        want = want * np.sqrt(16) / np.linalg.norm(want)  # len(p) filters in PyTorch's layout
+        torch_layout = d.transpose(3, 2, 0, 1).reshape(16, -1)  # (out, in * 3 * 3)
+        update = newton_schulz_float64(torch_layout).reshape(16, 8, 3, 3).transpose(2, 3, 1, 0)
+        want = want - 0.24 * (1 - step / 10) * update
+    got = np.asarray(params["w"], np.float64)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.02  # bfloat16 iteration
+
+
+def test_airbench_muon_recipe_trains_a_few_steps(cells_data: Any) -> None:
+    from lessons import airbench as ab
+
+    recipe = tiny_recipe(optimizer="muon", lookahead=False, epochs=1.0)
+    result = ab.train(cells_data, recipe, seed=0, loop="step")
+    assert len(result.losses) == 4 and np.all(np.isfinite(result.losses))
