@@ -107,6 +107,15 @@ setup() {
   echo "$stamp" >"$stamp_file"
 }
 
+quiet_jupyter_news() {  # no "get notified about Jupyter news?" pop-up at the first start
+  local settings="$venv/share/jupyter/lab/settings"
+  if [[ ! -f "$settings/overrides.json" ]]; then  # a reader's own overrides stay as they are
+    mkdir -p "$settings"
+    printf '%s\n' '{' '  "@jupyterlab/apputils-extension:notification": {' \
+      '    "fetchNews": "false",' '    "checkForUpdates": false' '  }' '}' >"$settings/overrides.json"
+  fi
+}
+
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$script"; }  # the comment at the top
 
 run_tests() {
@@ -126,6 +135,7 @@ case "$command" in
     setup
     shift
     if [[ $EUID -eq 0 ]]; then set -- --allow-root "$@"; fi  # containers often run as root
+    quiet_jupyter_news
     exec "$venv/bin/jupyter" lab "$@" notebooks/
     ;;
   headless) setup; shift; exec "$venv/bin/python" -m helpers.run_series "$@" ;;
