@@ -46,17 +46,13 @@ def time_call(
 
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats=} {warmup=}")
-    first_call = 0.0
-    for index in range(warmup):
+
+    def timed_call() -> float:
         start = time.perf_counter()
         jax.block_until_ready(function(*args))
-        if index == 0:
-            first_call = time.perf_counter() - start
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(function(*args))
-        runs.append(time.perf_counter() - start)
-    if warmup == 0:
-        first_call = runs[0]
+        return time.perf_counter() - start
+
+    warm = [timed_call() for _ in range(warmup)]
+    runs = [timed_call() for _ in range(repeats)]
+    first_call = (warm or runs)[0]  # the first call of all, which compiles
     return Timing(median=statistics.median(runs), runs=tuple(runs), first_call=first_call)
