@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
@@ -58,19 +60,24 @@ def strip_metadata(notebook: nbformat.NotebookNode) -> None:
 def execute(path: Path, timeout_s: int) -> tuple[nbformat.NotebookNode, float]:
     """The executed notebook and its wall time; :class:`NotebookRunError` if a cell fails."""
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        notebook,
-        timeout=timeout_s,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    start = time.perf_counter()
-    try:
-        client.execute()
-    except RUN_FAILURES as error:
-        strip_metadata(notebook)
-        raise NotebookRunError(notebook, error) from error
-    elapsed = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
+        # The kernel talks over Unix sockets in a private folder rather than TCP on
+        # localhost, which it would warn about ("running over TCP without encryption").
+        manager = KernelManager(kernel_name="python3", transport="ipc", ip=f"{sockets}/ipc")
+        client = NotebookClient(
+            notebook,
+            km=manager,
+            timeout=timeout_s,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        )
+        start = time.perf_counter()
+        try:
+            client.execute()
+        except RUN_FAILURES as error:
+            strip_metadata(notebook)
+            raise NotebookRunError(notebook, error) from error
+        elapsed = time.perf_counter() - start
     strip_metadata(notebook)
     return notebook, elapsed
 

@@ -520,13 +520,15 @@ def test_execute_runs_the_kernel_in_the_notebooks_folder_and_times_it(
     path = write_notebook(tmp_path / "nb.ipynb", nbformat.v4.new_code_cell("1"))
     notebook, seconds = run_series.execute(path, timeout_s=42)
     assert seconds == 3.5
-    assert fake_client.made == [
-        {
-            "timeout": 42,
-            "kernel_name": "python3",
-            "resources": {"metadata": {"path": str(tmp_path)}},
-        }
-    ]
+    [made] = fake_client.made
+    manager = made.pop("km")
+    assert made == {
+        "timeout": 42,
+        "kernel_name": "python3",
+        "resources": {"metadata": {"path": str(tmp_path)}},
+    }
+    assert (manager.kernel_name, manager.transport) == ("python3", "ipc")
+    assert not Path(manager.ip).parent.exists()  # the sockets' folder is removed afterwards
     assert "widgets" not in notebook.metadata and "execution" not in notebook.cells[0].metadata
 
 
@@ -542,7 +544,9 @@ def test_execute_hands_back_the_stripped_notebook_of_a_failed_run(
     assert "execution" not in raised.value.notebook.cells[0].metadata
 
 
-def test_execute_runs_a_real_kernel_in_the_notebooks_folder(tmp_path: Path) -> None:
+def test_execute_runs_a_real_kernel_in_the_notebooks_folder(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     tagged = nbformat.v4.new_code_cell("print('accuracy', 0.5)")
     tagged.metadata["tags"] = ["key-result"]
     path = write_notebook(
@@ -552,6 +556,8 @@ def test_execute_runs_a_real_kernel_in_the_notebooks_folder(tmp_path: Path) -> N
     assert notebook.cells[0].outputs[0]["text"] == f"{tmp_path}\n"
     assert run_series.key_result(notebook) == "accuracy 0.5"
     assert seconds > 0 and "execution" not in notebook.cells[1].metadata
+    assert "without encryption" not in capfd.readouterr().err  # IPC, not TCP
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb"]  # no socket files left
 
 
 @dataclass
