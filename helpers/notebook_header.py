@@ -30,21 +30,15 @@ def badge_markdown(notebook: str) -> str:
 
 
 def colab_cell_source() -> str:
+    """Four lines of code, like fastbook's bootstrap; what it checks is in helpers.colab."""
     return "\n".join(
         [
-            "# Colab only: install this series' helpers, keeping Colab's own JAX when it is",
-            "# new enough (nbval skips this cell; elsewhere `./tutorial.sh` installed them).",
-            "import subprocess",
+            "# On Colab: install this series' helpers and check Colab's JAX, Flax and Optax.",
             "import sys",
             "",
             'if "google.colab" in sys.modules:',
-            "    subprocess.run(",
-            '        [sys.executable, "-m", "pip", "install", "-q", "--no-deps",',
-            f'         "{pip_install_target()}"],',
-            "        check=True,",
-            "    )",
+            f"    %pip install -q --no-deps {pip_install_target()}",
             "    from helpers.colab import setup_colab",
-            "",
             "    setup_colab()",
         ]
     )

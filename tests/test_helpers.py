@@ -220,28 +220,33 @@ def test_badge_is_the_colab_badge_image_linking_to_the_notebook() -> None:
 def test_colab_cell_installs_the_package_and_sets_up_only_on_colab(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The cell's text runs: on Colab it pip-installs this repository without its
-    dependencies, then calls setup_colab; elsewhere it does nothing."""
-    import subprocess
+    """The cell's text runs as IPython runs it: on Colab it pip-installs this repository
+    without its dependencies, then calls setup_colab; elsewhere it does nothing."""
     import types
+
+    from IPython.core.inputtransformer2 import TransformerManager
 
     from helpers import colab
 
-    calls: list[tuple[list[str], dict[str, object]]] = []
-    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append((args, kw)))
-    monkeypatch.setattr(colab, "setup_colab", lambda: calls.append((["setup_colab"], {})))
+    calls: list[tuple[str, ...]] = []
+
+    class FakeShell:
+        def run_line_magic(self, name: str, line: str) -> None:
+            calls.append((name, line))
+
+    monkeypatch.setattr(colab, "setup_colab", lambda: calls.append(("setup_colab",)))
     source = notebook_header.colab_cell_source()
-    assert source.splitlines()[:2] == [  # what a reader of the cell is told
-        "# Colab only: install this series' helpers, keeping Colab's own JAX when it is",
-        "# new enough (nbval skips this cell; elsewhere `./tutorial.sh` installed them).",
-    ]
-    exec(compile(source, "cell", "exec"), {})
+    assert source.splitlines()[0] == (  # what a reader of the cell is told
+        "# On Colab: install this series' helpers and check Colab's JAX, Flax and Optax."
+    )
+    assert len([line for line in source.splitlines() if line and line[0] != "#"]) <= 5
+    python = TransformerManager().transform_cell(source)
+    exec(compile(python, "cell", "exec"), {"get_ipython": FakeShell})
     assert calls == []  # not on Colab
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    exec(compile(source, "cell", "exec"), {})
+    exec(compile(python, "cell", "exec"), {"get_ipython": FakeShell})
     target = "git+https://github.com/jax-dl-intro/intro-to-deep-learning-jax@main"
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", target]
-    assert calls == [(pip, {"check": True}), (["setup_colab"], {})]
+    assert calls == [("pip", f"install -q --no-deps {target}"), ("setup_colab",)]
 
 
 @pytest.mark.parametrize(
