@@ -118,6 +118,10 @@ quiet_jupyter_news() {  # no "get notified about Jupyter news?" pop-up at the fi
 
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$script"; }  # the comment at the top
 
+# Notebooks the tests run at their small sizes (TUTORIAL_SMOKE=1): in full mode notebook 06
+# trains its CPU recipe for many minutes. Every other notebook runs in full.
+SMALL_IN_TESTS=(06_fast_cifar10.ipynb)
+
 run_tests() {
   if $latest; then  # Flax's announced future defaults, and deprecated calls as errors
     export NNX_GRAPH_MODE=false NNX_GRAPH_UPDATES=false IPYTHONDIR=$PWD/tests/future_defaults
@@ -126,7 +130,18 @@ run_tests() {
   "$venv/bin/ruff" check .
   "$venv/bin/ruff" format --check .
   "$venv/bin/python" -m helpers.notebook_header
-  exec "$venv/bin/python" -m pytest --nbval --nbval-current-env -p no:cacheprovider "$@" tests notebooks
+  local pytest=("$venv/bin/python" -m pytest --nbval --nbval-current-env -p no:cacheprovider "$@")
+  local notebook full=() small=()
+  for notebook in notebooks/*.ipynb; do
+    if [[ " ${SMALL_IN_TESTS[*]} " == *" ${notebook##*/} "* ]]; then
+      small+=("$notebook")
+    else
+      full+=("$notebook")
+    fi
+  done
+  if ((${#small[@]} == 0)); then exec "${pytest[@]}" tests "${full[@]}"; fi
+  "${pytest[@]}" tests "${full[@]}"
+  TUTORIAL_SMOKE=1 exec "${pytest[@]}" "${small[@]}"
 }
 
 case "$command" in

@@ -2,9 +2,9 @@
 
 Set the environment variable ``TUTORIAL_SMOKE=1`` (for example
 ``TUTORIAL_SMOKE=1 ./tutorial.sh headless``, a quick check that every notebook runs) and
-notebooks pick their sizes with :func:`full_or_smoke`. Nothing sets it for you: CI
-(``./tutorial.sh test``) runs the notebooks in full mode, except notebook 06, which also
-switches itself to smoke mode when JAX runs on the CPU.
+notebooks pick their sizes with :func:`full_or_smoke`. ``./tutorial.sh test`` runs the
+notebooks in full mode, except those listed in its ``SMALL_IN_TESTS`` (notebook 06, whose
+full mode trains for many minutes on a CPU), which it runs with ``TUTORIAL_SMOKE=1``.
 """
 
 from __future__ import annotations

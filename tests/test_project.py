@@ -134,7 +134,8 @@ def fake_venv(tmp_path: Path, variant: str | None, python_ok: bool = True) -> Pa
             f'if [[ "$1" == -c ]]; then exit {0 if python_ok else 1}; fi\n'
             'if [[ "$1" == -V ]]; then echo "Python 3.14.0"; exit; fi\n'
             f'echo "{tool} $* | GLIBC_TUNABLES=${{GLIBC_TUNABLES:-unset}}'
-            f' CIFAR10_PATH=${{CIFAR10_PATH:-unset}} NNX_GRAPH_MODE=${{NNX_GRAPH_MODE:-unset}}"'
+            f" CIFAR10_PATH=${{CIFAR10_PATH:-unset}} NNX_GRAPH_MODE=${{NNX_GRAPH_MODE:-unset}}"
+            f' TUTORIAL_SMOKE=${{TUTORIAL_SMOKE:-unset}}"'
             f' >>"{log}"\n'
         )
         stub.chmod(0o755)
@@ -208,6 +209,17 @@ def test_tutorial_sh_removes_the_cuda_plugin_when_switching_to_cpu(tmp_path: Pat
     assert (venv / ".tutorial-installed").read_text().strip().endswith("-cpu")
 
 
+#: the notebooks the tests run in full mode: all but 06, which runs at its small sizes
+FULL_NOTEBOOKS = " ".join(
+    f"notebooks/{p.name}"
+    for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
+    if p.name != "06_fast_cifar10.ipynb"
+)
+TUNED_GLIBC = (
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+)
+
+
 def test_tutorial_sh_test_latest_upgrades_everything_and_flips_flax_defaults(
     tmp_path: Path,
 ) -> None:
@@ -223,14 +235,38 @@ def test_tutorial_sh_test_latest_upgrades_everything_and_flips_flax_defaults(
         "ruff format --check .",
         "python -m helpers.notebook_header",
         "python -m pytest --nbval --nbval-current-env -p no:cacheprovider"
-        " -W error::DeprecationWarning -W error::FutureWarning tests notebooks",
+        " -W error::DeprecationWarning -W error::FutureWarning tests " + FULL_NOTEBOOKS,
+        "python -m pytest --nbval --nbval-current-env -p no:cacheprovider"
+        " -W error::DeprecationWarning -W error::FutureWarning notebooks/06_fast_cifar10.ipynb",
     ]
-    assert lines[-1].endswith("NNX_GRAPH_MODE=false")
+    assert lines[-2].endswith("NNX_GRAPH_MODE=false TUTORIAL_SMOKE=unset")
+    assert lines[-1].endswith("NNX_GRAPH_MODE=false TUTORIAL_SMOKE=1")
     # The pinned test runs neither the flipped defaults nor the strict warnings.
     (tmp_path / "log").unlink()
     assert run_tutorial_sh("test", TUTORIAL_VENV=str(venv)).returncode == 0
-    last = logged(tmp_path)[-1]
-    assert "-W error" not in last and last.endswith("NNX_GRAPH_MODE=unset")
+    *_, every, small = logged(tmp_path)
+    assert "-W error" not in every + small
+    assert every.endswith(
+        FULL_NOTEBOOKS
+        + " | GLIBC_TUNABLES="
+        + TUNED_GLIBC
+        + " CIFAR10_PATH=unset NNX_GRAPH_MODE=unset TUTORIAL_SMOKE=unset"
+    )
+    assert small.endswith(
+        "06_fast_cifar10.ipynb | GLIBC_TUNABLES="
+        + TUNED_GLIBC
+        + " CIFAR10_PATH=unset NNX_GRAPH_MODE=unset TUTORIAL_SMOKE=1"
+    )
+
+
+def test_tutorial_sh_test_stops_when_the_first_run_fails(tmp_path: Path) -> None:
+    """The notebooks run in full are tested first; a failure there is the script's result."""
+    venv = fake_venv(tmp_path, "cpu")
+    python = venv / "bin" / "python"
+    python.write_text(python.read_text() + 'if [[ "$*" == *" tests "* ]]; then exit 3; fi\n')
+    result = run_tutorial_sh("test", TUTORIAL_VENV=str(venv))
+    assert result.returncode == 3
+    assert "06_fast_cifar10.ipynb" not in logged(tmp_path)[-1]
 
 
 def test_tutorial_sh_lab_passes_arguments_on(tmp_path: Path) -> None:
