@@ -31,8 +31,8 @@ if [[ -f "$stamp_file" ]]; then installed_variant=$(sed 's/.*-//' "$stamp_file")
 case "$installed_variant" in cpu | cuda12 | cuda13) ;; *) installed_variant="" ;; esac
 jax_variant=${TUTORIAL_JAX:-${installed_variant:-cpu}}  # a CUDA .venv stays CUDA in a new shell
 # XLA:CPU allocates hundreds of MB of scratch memory per training step; by default glibc
-# returns it to the kernel and every step pays ~150,000 page faults (notebook 05, section
-# 8). Keeping freed memory for reuse made a training step there about 1.6x faster. Not with
+# returns it to the kernel and every step pays for fresh pages. Keeping freed memory for
+# reuse made notebook 05's epochs about 1.2x faster (benchmarks/README.md). Not with
 # a GPU build of JAX: one shared heap slows XLA's multi-threaded GPU compiler (3 s -> 23 s
 # on an H200). Other C libraries and operating systems ignore the variable.
 if [[ "$jax_variant" == cpu ]]; then
