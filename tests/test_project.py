@@ -118,6 +118,11 @@ CLEAN_ENV = {
         "PYTHON",
         "CIFAR10_PATH",
         "PYENV_ROOT",
+        # set by `./tutorial.sh test-latest` and for notebook 06, not by a reader
+        "NNX_GRAPH_MODE",
+        "NNX_GRAPH_UPDATES",
+        "IPYTHONDIR",
+        "TUTORIAL_SMOKE",
     }
 }
 
