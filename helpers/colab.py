@@ -22,6 +22,8 @@ may crash the runtime when upgraded.
 
 from __future__ import annotations
 
+import csv
+import inspect
 import re
 import subprocess
 import sys
@@ -29,7 +31,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from packaging.requirements import Requirement
@@ -174,6 +176,29 @@ def outdated(runtime: Runtime, declared: list[Requirement]) -> list[str]:
     ]
 
 
+def module_names(distribution: str) -> set[str]:
+    """The top-level modules a pip distribution installs (``orbax-checkpoint``: ``orbax``),
+    read from its installed metadata as ``importlib.metadata.packages_distributions`` does,
+    for this one distribution; its name with ``_`` for ``-`` when it is not installed."""
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return {distribution.replace("-", "_")}
+    declared = (dist.read_text("top_level.txt") or "").split()
+    # RECORD lists the installed files; dist.files would also stat each one (slow)
+    paths = [
+        PurePosixPath(row[0])
+        for row in csv.reader((dist.read_text("RECORD") or "").splitlines())
+        if row
+    ]
+    inferred = {
+        path.parts[0] if len(path.parts) > 1 else inspect.getmodulename(path.name)
+        for path in paths
+        if path.parts[0] != ".." and not path.parts[0].endswith((".dist-info", ".data"))
+    }
+    return set(declared) or {name for name in inferred if name and name != "__pycache__"}
+
+
 def setup_colab(root: Path = Path("/")) -> None:
     """Install the series' dependencies on Colab, keeping or replacing jax as above."""
     runtime = detect_runtime(root)
@@ -194,6 +219,9 @@ def setup_colab(root: Path = Path("/")) -> None:
     changed = outdated(runtime, declared)
     if changed:
         print(f"Installed or upgraded: {', '.join(changed)}.")
-    imported = [name for name in changed if name.replace("-", "_") in sys.modules]
+    imported = any(  # the quick guess first: most modules are named like their package
+        name.replace("-", "_") in sys.modules or module_names(name) & sys.modules.keys()
+        for name in changed
+    )
     if imported or (plan.installs_jax and "jax" in sys.modules):
         print("Some were imported already: restart the runtime (Runtime > Restart session).")

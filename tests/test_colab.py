@@ -301,7 +301,8 @@ def test_setup_colab_on_a_fresh_tpu_needs_no_restart(
 ) -> None:
     fake_installed(monkeypatch, {})
     for requirement in colab.requirements():  # none imported, whatever ran before
-        monkeypatch.delitem(sys.modules, requirement.name.replace("-", "_"), raising=False)
+        for module in colab.module_names(requirement.name):
+            monkeypatch.delitem(sys.modules, module, raising=False)
     root = fake_root(tmp_path, pci={"0000:00:04.0": "0x1ae0:0x005e"})
     command, constraints, out = run_setup(pip, root, capsys)
     assert command[7] == "jax[tpu]>=0.12" and constraints == ""
@@ -413,3 +414,35 @@ def test_setup_colab_finds_an_imported_package_by_its_module_name(
         "Installed or upgraded: tensorflow-datasets.",
         "Some were imported already: restart the runtime (Runtime > Restart session).",
     ]
+
+
+def test_setup_colab_finds_an_upgraded_package_whose_module_has_another_name(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pip: FakePip,
+) -> None:
+    """pip's orbax-checkpoint is imported as orbax: dashes to underscores would miss it."""
+    have = {r.name: "1000.0" for r in colab.requirements()} | {"jax": "0.12.0"}
+    have["orbax-checkpoint"] = "0.1"
+    fake_installed(monkeypatch, have)
+    for module in ("orbax", "orbax_checkpoint"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    _, _, out = run_setup(pip, fake_root(tmp_path), capsys)
+    assert "restart" not in out  # upgraded, but not imported yet
+    monkeypatch.setitem(sys.modules, "orbax", object())
+    pip.commands.clear()
+    _, _, out = run_setup(pip, fake_root(tmp_path), capsys)
+    assert out.splitlines() == [
+        "Kept Colab's jax 0.12.0.",
+        "Installed or upgraded: orbax-checkpoint.",
+        "Some were imported already: restart the runtime (Runtime > Restart session).",
+    ]
+
+
+def test_module_names_come_from_the_installed_metadata() -> None:
+    assert colab.module_names("orbax-checkpoint") == {"orbax"}  # no top_level.txt
+    assert colab.module_names("Pillow") == {"PIL"}
+    assert colab.module_names("matplotlib") == {"matplotlib", "mpl_toolkits", "pylab"}
+    assert colab.module_names("tensorflow-datasets") == {"tensorflow_datasets"}
+    assert colab.module_names("not-installed-x") == {"not_installed_x"}
