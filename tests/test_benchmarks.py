@@ -19,6 +19,7 @@ CACHE = os.environ.get("TUTORIAL_CACHE_DIR")  # read before conftest's fixture e
 COMMON_KEYS = {"impl", "device", "epochs", "epoch_s", "first_epoch_s", "test_acc"}
 
 
+@pytest.mark.slow  # decodes the real copy and compiles both steps: about 30 s
 def test_seed_recipe_benchmark_runs_without_tensorflow(real_copy: Path, tmp_path: Path) -> None:
     output = tmp_path / "seed_recipe.jsonl"
     argv = ["--epochs", "2", "--subset", "1000", "--output", str(output)]  # two steps

@@ -20,6 +20,7 @@ HTML = ROOT / "book" / "_build" / "html"
 SCREENSHOTS = HTML.parent / "screenshots"  # next to the site, not published with it
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 INSTALL = "apt-get install chromium chromium-driver"  # Debian and Ubuntu package names
+pytestmark = pytest.mark.slow  # each test builds the site or starts Chromium: seconds each
 
 
 def build(*args: Path) -> subprocess.CompletedProcess[str]:

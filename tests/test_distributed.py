@@ -128,6 +128,7 @@ def run_all(commands: dict[str, list[str]], env: dict[str, str], logs: Path) -> 
     return outputs
 
 
+@pytest.mark.slow  # three JAX processes compile and train: about 30 s
 def test_two_processes_train_like_one(tmp_path: Path) -> None:
     images, labels = learnable_images(IMAGES, seed=1)
     test_images, test_labels = learnable_images(12, seed=2)  # 16 rows with padding
@@ -214,6 +215,7 @@ def test_a_batch_the_devices_cannot_share_is_refused(tmp_path: Path) -> None:
         assert result.returncode == 1 and result.stderr.strip().endswith(message), result.stderr
 
 
+@pytest.mark.slow  # a JAX process compiles the step for 2 and 4 devices: about 9 s
 def test_each_device_computes_only_its_rows() -> None:
     """Equal losses alone would not show that the work is split: a compiler that copied
     the whole batch to every device would compute them too."""
