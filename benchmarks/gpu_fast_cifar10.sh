@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Notebook 06's GPU measurements in one go (parts 1 and 2 took 4-6 minutes on an H200; 3 alone, 76 s):
-#   1. the ablation rows of notebook 06, once each, plus 4 more runs of the full recipe
-#      -> $OUT/fast_cifar10_ablation.jsonl
-#   2. benchmarks/fast_cifar10.py --runs 5 -> $OUT/fast_cifar10_benchmark.json
-#   3. the same with --recipe airbench94_muon -> $OUT/fast_cifar10_muon.json
-#      (2 and 3 are, as always on a GPU, appended to benchmarks/results/fast_cifar10.jsonl)
-#   5. (PARTS "cells") benchmarks/fast_cifar10_cells.py --runs 5, airbench94 and airbench94_muon
-#      as written in notebook 06's cells (lessons.airbench) -> $OUT/fast_cifar10_cells*.json
-#      (appended to benchmarks/results/fast_cifar10_cells.jsonl)
-#   4. (only when PARTS names "costs") benchmarks/fast_cifar10_costs.py muon donation
-#      -> $OUT/fast_cifar10_costs.jsonl (about 2 minutes on an H200 from an empty cache)
-# PARTS (default "ablation benchmark muon") picks which parts run.
-# Needs: jax with CUDA, flax, optax, numpy, Pillow, matplotlib, tqdm (no TensorFlow),
-# and the CIFAR-10 tarball at .devdata/cifar10-jpeg.tar.gz (or CIFAR10_PATH).
+# Notebook 06's GPU measurements in one go, all from the notebook's own code (lessons.airbench):
+#   benchmark  benchmarks/fast_cifar10.py --runs 5 (airbench94) -> $OUT/fast_cifar10_airbench94.json
+#   muon       the same with --recipe airbench94_muon -> $OUT/fast_cifar10_airbench94_muon.json
+#              (both appended to benchmarks/results/fast_cifar10.jsonl, tagged
+#              "code": "lessons.airbench"; a copy of that file ends up in $OUT)
+#   notebook   notebook 06 executed top to bottom (section 11 is the ablation over paired
+#              seeds, section 12 the systems rows) -> $OUT/notebooks/06_fast_cifar10.ipynb;
+#              skipped, with a line saying so, when nbclient/ipykernel are not importable;
+#              NOTEBOOK_TIMEOUT (default 1800) seconds at most
+# PARTS (default "benchmark muon notebook") picks which parts run. SMOKE=1: --quick and 2 runs
+# for the benchmarks, TUTORIAL_SMOKE=1 (tiny sizes) for the notebook: checks that it all runs.
+# Needs: jax with CUDA, flax, optax, numpy, Pillow, matplotlib, tqdm (no TensorFlow); for the
+# notebook also nbclient, nbformat, ipykernel. Data: the CIFAR-10 tarball at
+# .devdata/cifar10-jpeg.tar.gz (or CIFAR10_PATH).
 #
 #   bash benchmarks/gpu_fast_cifar10.sh                 # on the GPU machine
 #   SMOKE=1 PYTHON=.venv/bin/python SKIP_INSTALL=1 OUT=/tmp/out bash benchmarks/gpu_fast_cifar10.sh
@@ -22,15 +22,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-$PWD/.notebook_runs/gpu_fast_cifar10}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 export CIFAR10_PATH=${CIFAR10_PATH:-$PWD/.devdata/cifar10-jpeg.tar.gz}
 export TUTORIAL_CACHE_DIR=${TUTORIAL_CACHE_DIR:-$PWD/.cache}
-# Compile each shape once across the two processes below.
+# Compile each shape once across the processes below.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache-fast-cifar10}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
-PARTS=${PARTS:-cells ablation benchmark muon}
-smoke_flag=()
-if [[ "${SMOKE:-0}" == 1 ]]; then smoke_flag=(--smoke); fi
+PARTS=${PARTS:-benchmark muon notebook}
+runs=5
+quick_flag=()
+if [[ "${SMOKE:-0}" == 1 ]]; then
+  runs=2
+  quick_flag=(--quick)
+fi
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
 
 if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
@@ -43,38 +48,25 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/nvid
 log "loading CIFAR-10 once (decodes and caches the JPEGs, about 10 s the first time)"
 "$PYTHON" -c 'import helpers; print(helpers.load_cifar10())'
 
-if [[ " $PARTS " == *" ablation "* ]]; then
-  log "ablation: every row of notebook 06 once, then the full recipe with seeds 1-4"
-  rm -f "$OUT/fast_cifar10_ablation.jsonl"
-  timeout 270 "$PYTHON" -m helpers.fast_cifar10 --out "$OUT/fast_cifar10_ablation.jsonl" \
-    --recipe-runs 4 "${smoke_flag[@]}" 2>&1 | tee -a "$OUT/log.txt" || log "ablation stopped early (status $?)"
-fi
+bench() {  # bench RECIPE SECONDS: benchmarks/fast_cifar10.py for one recipe, within a time limit
+  log "benchmarks/fast_cifar10.py --recipe $1 --runs $runs ${quick_flag[*]}"
+  timeout "$2" "$PYTHON" benchmarks/fast_cifar10.py --recipe "$1" --runs "$runs" "${quick_flag[@]}" \
+    | tee "$OUT/fast_cifar10_$1.json" || log "benchmark of $1 stopped early (status $?)"
+}
+if [[ " $PARTS " == *" benchmark "* ]]; then bench airbench94 240; fi
+if [[ " $PARTS " == *" muon "* ]]; then bench airbench94_muon 240; fi
 
-runs=5
-if [[ "${SMOKE:-0}" == 1 ]]; then runs=2; fi
-if [[ " $PARTS " == *" cells "* ]]; then
-  cells_recipes=(airbench94 airbench94_muon)
-  if [[ "${SMOKE:-0}" == 1 ]]; then cells_recipes=(quick); fi
-  for recipe in "${cells_recipes[@]}"; do
-    log "notebook 06's cells: benchmarks/fast_cifar10_cells.py --recipe $recipe --runs $runs"
-    timeout 240 "$PYTHON" benchmarks/fast_cifar10_cells.py --recipe "$recipe" --runs "$runs" \
-      | tee "$OUT/fast_cifar10_cells_$recipe.json" || log "cells benchmark stopped early (status $?)"
-  done
-fi
-if [[ " $PARTS " == *" benchmark "* ]]; then
-  log "benchmark: benchmarks/fast_cifar10.py --runs $runs"
-  timeout 120 "$PYTHON" benchmarks/fast_cifar10.py --runs "$runs" "${smoke_flag[@]}" \
-    | tee "$OUT/fast_cifar10_benchmark.json" || log "benchmark stopped early (status $?)"
-fi
-if [[ " $PARTS " == *" muon "* ]]; then
-  log "benchmark: benchmarks/fast_cifar10.py --recipe airbench94_muon --runs $runs"
-  timeout 180 "$PYTHON" benchmarks/fast_cifar10.py --recipe airbench94_muon --runs "$runs" \
-    "${smoke_flag[@]}" | tee "$OUT/fast_cifar10_muon.json" || log "muon benchmark stopped early (status $?)"
-fi
-if [[ " $PARTS " == *" costs "* ]]; then
-  log "where the time goes: benchmarks/fast_cifar10_costs.py muon donation"
-  timeout 250 "$PYTHON" benchmarks/fast_cifar10_costs.py muon donation "${smoke_flag[@]}" \
-    | tee "$OUT/fast_cifar10_costs.jsonl" || log "cost probes stopped early (status $?)"
+if [[ " $PARTS " == *" notebook "* ]]; then
+  if "$PYTHON" -c 'import nbclient, nbformat, ipykernel, jupyter_client' 2>/dev/null; then
+    smoke=0
+    if [[ "${SMOKE:-0}" == 1 ]]; then smoke=1; fi
+    log "notebook 06 top to bottom (TUTORIAL_SMOKE=$smoke): the ablation is its section 11"
+    TUTORIAL_SMOKE=$smoke timeout "${NOTEBOOK_TIMEOUT:-1800}" "$PYTHON" -m helpers.run_series \
+      --output-dir "$OUT/notebooks" 06_fast_cifar10.ipynb 2>&1 | tee -a "$OUT/log.txt" \
+      || log "notebook 06 stopped early (status $?); executed part in $OUT/notebooks"
+  else
+    log "notebook 06 skipped: nbclient, nbformat, ipykernel or jupyter_client is not importable"
+  fi
 fi
 if [[ -f benchmarks/results/fast_cifar10.jsonl ]]; then
   cp benchmarks/results/fast_cifar10.jsonl "$OUT/"
