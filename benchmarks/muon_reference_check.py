@@ -9,9 +9,10 @@ without ``torch.compile``; torchvision is only needed by its data loader and is 
 when missing), builds its network in float32, and trains it on one batch of CIFAR-10
 (``helpers.load_cifar10()``, so ``CIFAR10_PATH`` picks a local copy) with the optimisers
 and schedules of its ``main()``. After K of those steps it copies the weights and momentum
-buffers into ``helpers.fast_cifar10``'s state for ``AIRBENCH94_MUON``, and both take step
-K + 1. For each parameter it prints how far apart the two results are, relative to the
-size of the step; it exits with status 1 if any is above ``--tolerance``.
+buffers into the state of notebook 06's cells (``lessons.airbench``: ``MUON_RECIPE``,
+``make_muon_optimizer``, ``train_step``), and both take step K + 1. For each parameter it
+prints how far apart the two results are, relative to the size of the step; it exits with
+status 1 if any is above ``--tolerance``.
 
 Both sides orthogonalise in bfloat16, as published: their roundings differ, so expect
 differences of a few percent of the step. ``--float32`` runs the Newton-Schulz iteration
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import importlib.util
 import sys
 import types
@@ -43,6 +43,9 @@ if str(ROOT) not in sys.path:
 # airbench94_muon's main() (batch 2000): 200 steps, whitening bias trained for 75 of them
 TOTAL_STEPS, WHITEN_BIAS_STEPS = 200, 75
 BIAS_LR, HEAD_LR, MUON_LR = 0.053, 0.67, 0.24
+# the reference's normalisation, typed in from airbench94_muon.py
+MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
 
 
 def load_reference(path: Path) -> types.ModuleType:
@@ -70,21 +73,37 @@ def load_reference(path: Path) -> types.ModuleType:
     return module
 
 
+class _Float32Instead:
+    """``jax.numpy`` with ``bfloat16`` standing for ``float32``: newton_schulz's only cast."""
+
+    bfloat16 = None  # set on first use
+
+    def __getattr__(self, name: str) -> Any:
+        import jax.numpy as jnp
+
+        return getattr(jnp, name)
+
+
 @contextlib.contextmanager
 def newton_schulz_in_float32() -> Iterator[None]:
-    """Both sides' Newton-Schulz iteration in float32 instead of bfloat16, for a while."""
+    """Both sides' Newton-Schulz iteration in float32 instead of bfloat16, for a while.
+
+    lessons.airbench.newton_schulz casts to ``jnp.bfloat16``; it runs here with a
+    ``jnp`` in which that name means float32 (nothing else in the module names bfloat16).
+    """
     import jax.numpy as jnp
     import torch
 
-    from helpers import fast_cifar10 as fc
+    from lessons import airbench as ab
 
-    jax_version, torch_cast = fc.newton_schulz, torch.Tensor.bfloat16
-    fc.newton_schulz = functools.partial(jax_version, dtype=jnp.float32)
+    float32_jnp = _Float32Instead()
+    float32_jnp.bfloat16 = jnp.float32  # type: ignore[assignment]
+    torch_cast = torch.Tensor.bfloat16
     torch.Tensor.bfloat16 = torch.Tensor.float  # type: ignore[method-assign]
     try:
-        yield
+        with mock.patch.object(ab, "jnp", float32_jnp):
+            yield
     finally:
-        fc.newton_schulz = jax_version
         torch.Tensor.bfloat16 = torch_cast  # type: ignore[method-assign]
 
 
@@ -125,8 +144,8 @@ def reference_step(net: Any, optimizers: list[Any], images: Any, labels: Any, st
     net.zero_grad(set_to_none=True)
 
 
-def parameter_pairs(net: Any) -> list[tuple[tuple[str, ...], Any, Callable[[Any], Any]]]:
-    """(path in the JAX state, PyTorch parameter, PyTorch layout -> Flax layout)."""
+def parameter_pairs(net: Any) -> list[tuple[str, Any, Callable[[Any], Any]]]:
+    """(name in the JAX model, PyTorch parameter, PyTorch layout -> Flax layout)."""
 
     def same(a: Any) -> Any:
         return a
@@ -137,40 +156,85 @@ def parameter_pairs(net: Any) -> list[tuple[tuple[str, ...], Any, Callable[[Any]
     def linear(a: Any) -> Any:
         return a.T
 
-    pairs = [
-        (("whiten", "bias"), net.whiten.bias, same),
-        (("head", "kernel"), net.head.weight, linear),
-    ]
+    pairs = [("whiten_bias", net.whiten.bias, same), ("head", net.head.weight, linear)]
     for index in range(3):
         group = net.layers[index + 1]
         for name in ("conv1", "conv2"):
-            pairs.append(((f"group{index + 1}", name, "kernel"), getattr(group, name).weight, conv))
+            pairs.append((f"groups.{index}.{name}", getattr(group, name).weight, conv))
         for name in ("norm1", "norm2"):
-            pairs.append(((f"group{index + 1}", name, "bias"), getattr(group, name).bias, same))
+            pairs.append((f"groups.{index}.{name}.bias", getattr(group, name).bias, same))
     return pairs
 
 
-def leaf(tree: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
+def variable(model: Any, name: str) -> Any:
+    """The nnx.Variable at a dotted name such as ``groups.0.norm1.bias``."""
+    for part in name.split("."):
+        model = model[int(part)] if part.isdigit() else getattr(model, part)
+    return model
+
+
+def jax_step(
+    weights: dict[str, np.ndarray],
+    buffers: dict[str, np.ndarray],
+    whitening: np.ndarray,
+    images: np.ndarray,
+    labels: np.ndarray,
+    step: int,
+) -> dict[str, np.ndarray]:
+    """Step ``step`` of airbench94_muon as notebook 06's cells take it, from these weights
+    and momentum buffers (Flax layouts, keyed as in ``parameter_pairs``) on one batch of
+    normalised ``images``; returns the new weights. The schedules are those of a run of
+    ``TOTAL_STEPS``, its first layer's bias trained for ``WHITEN_BIAS_STEPS``."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lessons import airbench as ab
+
+    batch = len(labels)
+    recipe = dataclasses.replace(ab.MUON_RECIPE, batch=batch, dtype="float32")
+    model = ab.Airbench(recipe.widths, 0, "float32", recipe.whiten, recipe.dirac)
+    model.logit_scale = 1 / recipe.widths[-1]  # as train() sets it for Muon
+    model.whiten[...] = jnp.asarray(whitening)  # frozen: not compared
+    for name, value in weights.items():
+        variable(model, name)[...] = jnp.asarray(value)
+    tx = ab.make_muon_optimizer(TOTAL_STEPS, batch, WHITEN_BIAS_STEPS)
+    graphdef, state = ab.init_state(model, tx)
+    # each momentum buffer goes where the optimiser state holds that parameter's; every
+    # step counter (the optimiser's schedules, the state's own count) is set to ``step``
+    names = {}  # "['groups'][0]['conv1'].value" -> "groups.0.conv1", for every parameter
+    for path, _ in jax.tree_util.tree_leaves_with_path(state[0]):
+        keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+        names[jax.tree_util.keystr(path)] = ".".join(str(k) for k in keys if k is not None)
+
+    def hand_over(path: Any, leaf: jax.Array) -> jax.Array:
+        key = jax.tree_util.keystr(path)
+        if leaf.dtype == jnp.int32 and leaf.shape == ():
+            return jnp.asarray(step, jnp.int32)
+        found = [name for suffix, name in names.items() if key.endswith(suffix)]
+        if found and found[0] in buffers:
+            return jnp.asarray(buffers[found[0]], leaf.dtype)
+        return leaf
+
+    params, frozen, stats, opt_state, slow, _ = state
+    opt_state = jax.tree_util.tree_map_with_path(hand_over, opt_state)
+    state = (params, frozen, stats, opt_state, slow, jnp.asarray(step, jnp.int32))
+    x, y = jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
+    state, _ = ab.train_step(graphdef, tx, state, x, y, total_steps=TOTAL_STEPS, recipe=recipe)
+    trained = nnx.merge(graphdef, *state[:3])
+    return {name: np.asarray(variable(trained, name)[...]) for name in weights}
 
 
 def compare_one_step(
     reference: types.ModuleType, cifar: Any, steps_before: int, batch: int
 ) -> float:
     """Train K steps in PyTorch, hand over, take one step on both sides; return the worst ratio."""
-    import jax
-    import jax.numpy as jnp
     import torch
-
-    from helpers import fast_cifar10 as fc
 
     torch.manual_seed(0)
     images = cifar.train_images[:batch]
     labels = cifar.train_labels[:batch].astype(np.int32)
-    mean, std = np.asarray(fc.CIFAR_MEAN, np.float32), np.asarray(fc.CIFAR_STD, np.float32)
-    normalized = (images.astype(np.float32) / 255 - mean) / std
+    normalized = ((images.astype(np.float32) / 255 - MEAN) / STD).astype(np.float32)
     torch_images = torch.tensor(normalized).permute(0, 3, 1, 2).contiguous()
     torch_labels = torch.tensor(labels, dtype=torch.int64)
 
@@ -181,42 +245,26 @@ def compare_one_step(
     for step in range(steps_before):
         reference_step(net, optimizers, torch_images, torch_labels, step)
 
-    # the JAX state: the same weights; momentum buffers per example (PyTorch's sum the batch)
-    config = dataclasses.replace(fc.AIRBENCH94_MUON, batch_size=batch, dtype="float32")
-    graphdef, state = fc.init_state(fc.make_model(config, 0))
-    buffers = {p: s["momentum_buffer"] for opt in optimizers for p, s in opt.state.items()}
-    whitening = net.whiten.weight.detach().numpy().transpose(2, 3, 1, 0)  # frozen: not compared
-    state.params["whiten"]["kernel"][...] = jnp.asarray(whitening)
+    # PyTorch's momentum buffers are of the summed loss, as the cells' are: copied as they are
+    states = {p: s["momentum_buffer"] for opt in optimizers for p, s in opt.state.items()}
     pairs = parameter_pairs(net)
-    for path, parameter, layout in pairs:
-        leaf(state.params, path)[...] = jnp.asarray(layout(parameter.detach().numpy()))
-        if parameter in buffers:
-            velocity = layout(buffers[parameter].numpy()) / batch
-            leaf(state.velocity, path)[...] = jnp.asarray(velocity)
-    before = {path: layout(p.detach().numpy().copy()) for path, p, layout in pairs}
-    hyper = fc.make_hyper(config, state.params, np.zeros(batch, bool))
+    weights = {name: layout(p.detach().numpy().copy()) for name, p, layout in pairs}
+    buffers = {name: layout(states[p].numpy()) for name, p, layout in pairs if p in states}
+    whitening = net.whiten.weight.detach().numpy().transpose(2, 3, 1, 0)
 
     step = steps_before
     reference_step(net, optimizers, torch_images, torch_labels, step)
-    schedule = 1 - step / TOTAL_STEPS
-    whiten_bias = max(0.0, 1 - step / WHITEN_BIAS_STEPS) / schedule
-    inputs = fc.StepInputs(
-        indices=None, key=None, lr=jnp.float32(schedule), odd_epoch=None,
-        train_whiten_bias=jnp.float32(whiten_bias), lookahead=jnp.bool_(False),
-        lookahead_decay=jnp.float32(0.0), active=None,
-    )  # fmt: skip
-    step_fn = functools.partial(fc.train_step, graphdef, dtype=jnp.float32)
-    state, _ = jax.jit(step_fn)(state, hyper, jnp.asarray(images), jnp.asarray(labels), inputs)
+    ours = jax_step(weights, buffers, whitening, normalized, labels, step)
     worst = 0.0
     print(f"step {step} (after {steps_before} PyTorch steps):")
-    for path, parameter, layout in pairs:
-        theirs, ours = layout(parameter.detach().numpy()), np.asarray(leaf(state.params, path)[...])
-        moved = np.linalg.norm(theirs - before[path])
-        ratio = float(np.linalg.norm(theirs - ours) / moved)
+    for name, parameter, layout in pairs:
+        theirs = layout(parameter.detach().numpy())
+        moved = np.linalg.norm(theirs - weights[name])
+        ratio = float(np.linalg.norm(theirs - ours[name]) / moved)
         if not np.isfinite(ratio):
             ratio = float("inf")  # a NaN step must fail the check, and max() would skip it
         worst = max(worst, ratio)
-        print(f"  {'.'.join(path):24s} step {moved:9.3g}   difference / step {ratio:.1e}")
+        print(f"  {name:24s} step {moved:9.3g}   difference / step {ratio:.1e}")
     return worst
 
 

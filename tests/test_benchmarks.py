@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,9 +147,7 @@ def test_muon_check_rejects_a_file_that_is_not_the_reference(tmp_path: Path) -> 
 def test_muon_step_matches_the_pytorch_reference(
     real_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dataclasses
-
-    from helpers import fast_cifar10 as fc
+    from lessons import airbench as ab
 
     monkeypatch.setenv("CIFAR10_PATH", str(real_copy))
     if CACHE:
@@ -157,7 +156,77 @@ def test_muon_step_matches_the_pytorch_reference(
     argv = ["--reference", str(MUON_REFERENCE), "--float32", "--steps", "0", "3"]
     assert check.main(argv) <= 0.005
     # the check can fail: another Muon momentum makes the steps differ
-    wrong = dataclasses.replace(fc.AIRBENCH94_MUON, muon_momentum=0.5)
-    monkeypatch.setattr(fc, "AIRBENCH94_MUON", wrong)
-    with pytest.raises(SystemExit, match="1"):
-        check.main(argv)
+    muon = ab.muon
+    monkeypatch.setattr(ab, "muon", lambda lr, momentum: muon(lr, momentum=0.5))
+    ab.make_muon_optimizer.cache_clear()  # it caches the optimiser it built
+    try:
+        with pytest.raises(SystemExit, match="1"):
+            check.main(argv)
+    finally:
+        ab.make_muon_optimizer.cache_clear()
+
+
+@pytest.mark.slow  # compiles airbench94_muon's training step: 20-40 s on the shared 2-core CPU
+def test_muon_check_hands_weights_and_buffers_to_the_cells(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """The check's JAX side, without PyTorch: given the weights and momentum buffers of a
+    run of the cells after two steps, jax_step takes the same third step as that run."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lessons import airbench as ab
+    from tests.conftest import learnable_images
+
+    # threefry compiles slowly on a CPU (tests/test_airbench.py); the numbers don't matter
+    before = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    request.addfinalizer(lambda: jax.config.update("jax_default_prng_impl", before))
+    check = load_script(MUON_CHECK)
+    recipe = dataclasses.replace(ab.MUON_RECIPE, widths=(8, 16, 16), batch=8, dtype="float32")
+    monkeypatch.setattr(ab, "MUON_RECIPE", recipe)  # the recipe jax_step builds
+    images, labels = learnable_images(8, 0)
+    x = ((images / 255 - check.MEAN) / check.STD).astype(np.float32)
+    model = ab.Airbench(recipe.widths, 0, "float32")
+    model.logit_scale = 1 / recipe.widths[-1]
+    model.whiten[...] = ab.whitening_filters(jnp.asarray(x))
+    whitening = np.asarray(model.whiten[...])
+    tx = ab.make_muon_optimizer(check.TOTAL_STEPS, 8, check.WHITEN_BIAS_STEPS)
+    graphdef, state = ab.init_state(model, tx)
+
+    def step(state: tuple) -> tuple:
+        return ab.train_step(graphdef, tx, state, jnp.asarray(x), jnp.asarray(labels),
+                             total_steps=check.TOTAL_STEPS, recipe=recipe)[0]  # fmt: skip
+
+    def at(tree: Any, *keys: Any) -> np.ndarray:
+        for key in keys:
+            tree = tree[key]
+        return np.array(tree[...])
+
+    state = step(step(state))
+    # the weights, and the buffers read by hand from the optimiser's state (Optax's layout)
+    params, groups = state[0], state[3].inner_states
+    filters = groups["Filter"].inner_state[0]
+    norm_biases = groups["NormBias"].inner_state[1][0].trace
+    where = {"head": ("head",), "whiten_bias": ("whiten_bias",)}
+    for i in range(3):
+        where |= {f"groups.{i}.{conv}": ("groups", i, conv) for conv in ("conv1", "conv2")}
+        where |= {f"groups.{i}.{n}.bias": ("groups", i, n, "bias") for n in ("norm1", "norm2")}
+    weights = {name: at(params, *keys) for name, keys in where.items()}
+    buffers = {
+        "head": at(groups["Head"].inner_state[1][0].trace, "head"),
+        "whiten_bias": at(groups["WhitenBias"].inner_state[0][1][0].trace, "whiten_bias"),
+    }
+    for name, keys in where.items():
+        if keys[0] == "groups":
+            buffers[name] = at(norm_biases if "bias" in keys else filters, *keys)
+    assert all(np.abs(b).max() > 0 for b in buffers.values())
+    ours = check.jax_step(weights, buffers, whitening, x, labels, step=2)
+    third = step(state)[0]
+    assert set(ours) == set(where)
+    for name, keys in where.items():
+        assert not np.allclose(at(third, *keys), weights[name])  # the step moved it
+        np.testing.assert_allclose(ours[name], at(third, *keys), rtol=1e-6, atol=1e-7)

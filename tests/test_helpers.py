@@ -11,13 +11,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import ClassVar
 
-import jax
-import jax.numpy as jnp
 import matplotlib
 import nbformat
-import numpy as np
 import pytest
-from flax import nnx
 
 from helpers import mode, notebook_header, run_series
 from helpers.environment import environment_report, installed_version, print_environment
@@ -670,73 +666,3 @@ def test_run_series_help_describes_it(capsys: pytest.CaptureFixture[str]) -> Non
         "patterns notebook file names or globs options:",
     ):
         assert option in text
-
-
-# --- helpers.fast_cifar10's evaluation against NumPy: TTA weights, padding, accuracy --------
-
-
-class LinearLogits(nnx.Module):
-    """A stand-in network: logits = flattened image @ weights (linear, so the combination of
-    views is easy to compute independently)."""
-
-    def __init__(self, weights: np.ndarray) -> None:
-        self.weights = nnx.Param(jnp.asarray(weights))
-
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return x.reshape(len(x), -1).astype(jnp.float32) @ self.weights[...]
-
-
-def numpy_views(x: np.ndarray) -> list[np.ndarray]:
-    """The six test-time views: the image, its mirror, and both shifted one pixel up-left
-    and down-right (reflect padding), each with its mirror."""
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    up_left, down_right = padded[:, :-2, :-2], padded[:, 2:, 2:]
-    return [x, x[:, :, ::-1], up_left, up_left[:, :, ::-1], down_right, down_right[:, :, ::-1]]
-
-
-def numpy_tta_logits(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(level 0, 1, 2) x images x classes: the view, the mean of two, 1/4 1/4 1/8 1/8 1/8 1/8."""
-    logits = [view.reshape(len(x), -1) @ weights for view in numpy_views(x)]
-    return np.stack(
-        [
-            logits[0],
-            (logits[0] + logits[1]) / 2,
-            (logits[0] + logits[1]) / 4 + sum(logits[2:]) / 8,
-        ]
-    )
-
-
-def test_tta_logits_weight_the_views_as_airbench_does() -> None:
-    from helpers import fast_cifar10 as fc
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(3, 4, 4, 3)).astype(np.float32)
-    weights = rng.normal(size=(48, 10)).astype(np.float32)
-    expected = numpy_tta_logits(x, weights)
-    for level in (0, 1, 2):
-        got = fc.tta_logits(LinearLogits(weights), jnp.asarray(x), level)
-        np.testing.assert_allclose(got, expected[: level + 1], rtol=1e-5, atol=1e-5)
-
-
-def test_evaluation_counts_a_last_partial_batch_and_never_its_padding() -> None:
-    """Seven images in batches of 3: two padding images of zeros in the last batch. With mean
-    0 their logits are all 0 (argmax: class 0), so a label of 0 there would count them."""
-    from helpers import fast_cifar10 as fc
-
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
-    weights = rng.normal(size=(48, 10)).astype(np.float32)
-    mean, std = np.float32(0.0), np.float32(0.25)
-    normalized = (images / 255 - mean) / std
-    predicted = numpy_tta_logits(normalized.astype(np.float32), weights).argmax(-1)
-    labels = predicted[2].copy()
-    labels[[1, 4]] = (labels[[1, 4]] + 1) % 10  # 5 of 7 right at level 2
-    expected = (predicted == labels).sum(-1)
-    assert expected[2] == 5
-    graphdef, params, stats = nnx.split(LinearLogits(weights), nnx.Param, nnx.BatchStat)
-    for batch in (3, 7):
-        correct = fc.evaluate_correct(
-            graphdef, params, stats, jnp.asarray(images), jnp.asarray(labels),
-            jnp.asarray(mean), jnp.asarray(std), level=2, batch=batch, dtype=jnp.float32,
-        )  # fmt: skip
-        np.testing.assert_array_equal(correct, expected)
