@@ -48,16 +48,45 @@ def synthetic_cifar(train: int = TRAIN_IMAGES, test: int = TEST_IMAGES) -> CIFAR
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quickly_compiled_random_numbers() -> Any:
-    """XLA:CPU compiles threefry, JAX's default generator, slowly and once per shape: 2-7 s
-    for each new parameter shape on the shared 2-core CPU, 20 s to build the first network.
-    These tests check arithmetic, not the random stream, so they draw with the "rbg"
-    generator, which compiles ten times faster (the notebook's own runs, nbval and
-    tests/test_distributed.py, keep the default)."""
-    before = jax.config.jax_default_prng_impl
-    jax.config.update("jax_default_prng_impl", "rbg")
-    yield
-    jax.config.update("jax_default_prng_impl", before)
+def quickly_compiled() -> Any:
+    """Compile less: most of this file's time is XLA:CPU compiling (the shared 2-core CPU).
+
+    - JAX's default generator, threefry, compiles slowly and once per shape: 2-7 s for each
+      new parameter shape, 20 s to build the first network. These tests check arithmetic,
+      not the random stream, so they draw with the "rbg" generator, which compiles ten
+      times faster.
+    - The cells' jitted functions are jitted again, from the same Python functions with
+      the same static and donated arguments (read from jax's record of the decorator; left
+      as they are where a JAX version has no such record), with XLA's backend optimisation
+      off: the same computation, compiled in about 60% of the time (the runs are tiny).
+      Called inside another jitted function (train_step in train_epoch's scan), where
+      jax accepts no compiler options, they are the cells' own.
+
+    The notebook's own runs (nbval) and tests/test_distributed.py keep JAX's defaults.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("train_step", "train_epoch", "epoch_batches", "tta_logits"):
+            jitted = getattr(ab, name)
+            info = getattr(jitted, "_jit_info", None)
+            if info is None:
+                continue
+            fast = jax.jit(
+                jitted.__wrapped__,
+                static_argnames=info.static_argnames,
+                donate_argnames=info.donate_argnames,
+                compiler_options={"xla_backend_optimization_level": 0},
+            )
+
+            def top_level_fast(*args: Any, __fast: Any = fast, __own: Any = jitted, **kw: Any):
+                leaves = jax.tree.leaves((args, kw))
+                nested = any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+                return (__own if nested else __fast)(*args, **kw)
+
+            patch.setattr(ab, name, top_level_fast)
+        before = jax.config.jax_default_prng_impl
+        jax.config.update("jax_default_prng_impl", "rbg")
+        yield
+        jax.config.update("jax_default_prng_impl", before)
 
 
 @pytest.fixture(scope="module")
@@ -576,7 +605,7 @@ SHARDED = textwrap.dedent(
     sys.path.insert(0, {root!r})
     import jax
     jax.config.update("jax_num_cpu_devices", 8)
-    jax.config.update("jax_default_prng_impl", "rbg")  # see quickly_compiled_random_numbers
+    jax.config.update("jax_default_prng_impl", "rbg")  # see quickly_compiled
     import jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     from lessons import airbench as ab
@@ -616,7 +645,7 @@ SHARDED = textwrap.dedent(
 )
 
 
-@pytest.mark.slow  # a fresh JAX process that compiles the step twice: 20-70 s on 2 CPU cores
+@pytest.mark.slow  # a fresh JAX process that compiles the step twice: 15-40 s on 2 CPU cores
 def test_sharded_step_on_eight_devices_equals_one_device() -> None:
     """Three steps with the batch split over 8 simulated CPU devices (state replicated)
     against the same steps on one device: the all-reduce only reorders the sums."""
@@ -624,7 +653,11 @@ def test_sharded_step_on_eight_devices_equals_one_device() -> None:
         [sys.executable, "-c", SHARDED.format(root=str(ROOT))],
         capture_output=True,
         text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env={  # compiled as quickly as the rest of this file (see quickly_compiled)
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0",
+        },
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
