@@ -194,12 +194,12 @@ def test_batch_norm_normalises_and_keeps_running_statistics() -> None:
     out = np.asarray(norm(jnp.asarray(x), train=True))
     mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
     np.testing.assert_allclose(out, (x - mean) / np.sqrt(var) + [0.5, -1.0], atol=1e-5)
-    # running averages as PyTorch's momentum = 1 - 0.6 keeps them, of the biased variance
-    # (PyTorch keeps the unbiased one: 1 + 1e-6 times larger over a batch of 1,024 31x31 maps)
+    # running averages as PyTorch's momentum = 1 - 0.6 keeps them, of the unbiased variance
+    unbiased = x.var((0, 1, 2), ddof=1)
     np.testing.assert_allclose(norm.mean[...], 0.4 * mean, rtol=1e-5)
-    np.testing.assert_allclose(norm.var[...], 0.6 + 0.4 * var, rtol=1e-5)
+    np.testing.assert_allclose(norm.var[...], 0.6 + 0.4 * unbiased, rtol=1e-5)
     evaluated = np.asarray(norm(jnp.asarray(x), train=False))
-    expected = (x - 0.4 * mean) / np.sqrt(0.6 + 0.4 * var) + [0.5, -1.0]
+    expected = (x - 0.4 * mean) / np.sqrt(0.6 + 0.4 * unbiased) + [0.5, -1.0]
     np.testing.assert_allclose(evaluated, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -222,20 +222,21 @@ def test_whitening_filters_decorrelate_patches() -> None:
     rng = np.random.default_rng(0)
     smooth = rng.normal(size=(64, 32, 32, 3)).cumsum(1).cumsum(2)  # correlated pixels
     smooth = smooth @ rng.normal(size=(3, 3))  # and channels
-    images = np.asarray(smooth / smooth.std(), np.float32)
+    images = np.asarray(smooth / smooth.std() + 0.5, np.float32)  # not centred
     kernel = np.asarray(ab.whitening_filters(jnp.asarray(images), eps=1e-8))
     assert kernel.shape == (2, 2, 3, 24)
     np.testing.assert_array_equal(kernel[..., 12:], -kernel[..., :12])  # +- each filter
     out = np.asarray(ab.conv(jnp.asarray(images), jnp.asarray(kernel[..., :12]), "VALID"))
     flat = out.reshape(-1, 12)
-    np.testing.assert_allclose(np.cov(flat.T, bias=True), np.eye(12), atol=2e-2)
+    # as in the reference, the second moment about zero (not the mean) becomes the identity
+    np.testing.assert_allclose(flat.T @ flat / len(flat), np.eye(12), atol=2e-2)
     # the convolution is the patches, read in (row, column, channel) order, times the filters
     patches = np.concatenate(
         [images[:, i : i + 31, j : j + 31] for i in range(2) for j in range(2)], axis=-1
     ).reshape(-1, 12)
     np.testing.assert_allclose(patches @ kernel[..., :12].reshape(12, 12), flat, atol=2e-3)
     # largest eigenvalue first: filter norms 1 / sqrt(eigenvalue) grow
-    eigenvalues = np.linalg.eigvalsh(np.cov(patches.T, bias=True))[::-1]
+    eigenvalues = np.linalg.eigvalsh(patches.T @ patches / len(patches))[::-1]
     norms = np.linalg.norm(kernel[..., :12].reshape(12, 12), axis=0)
     np.testing.assert_allclose(norms, 1 / np.sqrt(eigenvalues), rtol=2e-2)
 
@@ -594,7 +595,8 @@ def test_muon_recipe_trains_a_few_steps(data: ab.DeviceData) -> None:
     recipe = dataclasses.replace(ab.MUON_RECIPE, widths=TINY.widths, batch=32, epochs=1.0, tta=0)
     result = ab.train(data, recipe, seed=0)
     assert len(result.losses) == 4 and np.all(np.isfinite(result.losses))
-    assert abs(result.losses[0] - np.log(10)) < 0.1
+    # near chance at the start (these synthetic images are not centred, so not exactly log 10)
+    assert abs(result.losses[0] - np.log(10)) < 0.25
 
 
 # --- several devices --------------------------------------------------------------------------
