@@ -133,6 +133,14 @@ def test_recipe_names_every_problem_at_once() -> None:
         dataclasses.replace(ab.AIRBENCH94, batch=0, tta=7)
 
 
+def test_a_muon_recipe_refuses_the_sgd_fields_it_would_ignore() -> None:
+    """make_muon_optimizer takes the reference's rates: a changed lr would silently do nothing."""
+    message = r"optimizer must be 'sgd' to change lr, schedule \(Muon takes the reference's"
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(ab.MUON_RECIPE, lr=1.0, schedule="constant")
+    dataclasses.replace(ab.MUON_RECIPE, widths=(8, 16, 16), batch=64, smoothing=0.1)  # fine
+
+
 @pytest.mark.parametrize(
     ("platform", "capability", "dtype"),
     [("gpu", "9.0", "bfloat16"), ("gpu", "8.0", "bfloat16"), ("gpu", "7.5", "float16"),
