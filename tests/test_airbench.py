@@ -719,6 +719,17 @@ def test_benchmark_summarises_and_records_the_notebooks_cpu_recipe(
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     bench.main(["--recipe", "cpu", "--runs", "1", "--no-record"])
     assert len(results.read_text().splitlines()) == 2
+    # without a warm-up: the first run compiles, counts for accuracy, not for the times
+    runs = iter([(0.50, 9.0), (0.70, 1.0), (0.90, 3.0)])
+    trained.clear()
+    summary = bench.main(["--recipe", "cpu", "--runs", "3", "--no-warmup", "--no-record"])
+    assert [seed for _, seed, _ in trained] == [0, 1, 2]
+    assert summary["acc_mean"] == pytest.approx(0.7) and summary["seconds_per_run"] == 2.0
+    assert (summary["seconds_min"], summary["seconds_max"]) == (1.0, 3.0)
+    assert summary["warmup_seconds"] is None and summary["first_run_seconds"] == 9.0
+    with pytest.raises(SystemExit):
+        bench.main(["--runs", "1", "--no-warmup"])
+    assert "--runs must be at least 2, got 1" in capsys.readouterr().err
 
 
 def test_benchmark_quick_trains_each_recipe_at_quick_sizes(
