@@ -397,45 +397,32 @@ def test_setup_colab_asks_for_a_restart_when_a_replaced_jax_was_imported(
     ]
 
 
+@pytest.mark.parametrize(
+    ("distribution", "module"),
+    [("tensorflow-datasets", "tensorflow_datasets"), ("orbax-checkpoint", "orbax")],
+)
 def test_setup_colab_finds_an_imported_package_by_its_module_name(
+    distribution: str,
+    module: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     pip: FakePip,
 ) -> None:
-    """pip's tensorflow-datasets is the module tensorflow_datasets."""
+    """pip's tensorflow-datasets is the module tensorflow_datasets; orbax-checkpoint is orbax,
+    which dashes to underscores would miss."""
     have = {r.name: "1000.0" for r in colab.requirements()} | {"jax": "0.12.0"}
-    have["tensorflow-datasets"] = "4.0"
+    have[distribution] = "0.1"
     fake_installed(monkeypatch, have)
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", object())
-    _, _, out = run_setup(pip, fake_root(tmp_path), capsys)
-    assert out.splitlines() == [
-        "Kept Colab's jax 0.12.0.",
-        "Installed or upgraded: tensorflow-datasets.",
-        "Some were imported already: restart the runtime (Runtime > Restart session).",
-    ]
-
-
-def test_setup_colab_finds_an_upgraded_package_whose_module_has_another_name(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    pip: FakePip,
-) -> None:
-    """pip's orbax-checkpoint is imported as orbax: dashes to underscores would miss it."""
-    have = {r.name: "1000.0" for r in colab.requirements()} | {"jax": "0.12.0"}
-    have["orbax-checkpoint"] = "0.1"
-    fake_installed(monkeypatch, have)
-    for module in ("orbax", "orbax_checkpoint"):
-        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.delitem(sys.modules, module, raising=False)
     _, _, out = run_setup(pip, fake_root(tmp_path), capsys)
     assert "restart" not in out  # upgraded, but not imported yet
-    monkeypatch.setitem(sys.modules, "orbax", object())
+    monkeypatch.setitem(sys.modules, module, object())
     pip.commands.clear()
     _, _, out = run_setup(pip, fake_root(tmp_path), capsys)
     assert out.splitlines() == [
         "Kept Colab's jax 0.12.0.",
-        "Installed or upgraded: orbax-checkpoint.",
+        f"Installed or upgraded: {distribution}.",
         "Some were imported already: restart the runtime (Runtime > Restart session).",
     ]
 
