@@ -184,6 +184,9 @@ def test_train_epoch_steps_through_whole_batches_in_order(seed: int | None) -> N
     assert losses.shape == (2,)
     assert float(losses[0]) == pytest.approx(float(expected_loss), rel=1e-5)
     assert int(optimizer.step[...]) == 2  # the trained state is back in the objects
+    # eight examples: still two whole batches of 3, never a short third one of 2
+    losses = cnn.train_epoch(model, optimizer, *images_and_labels(8), None, batch_size=3)
+    assert losses.shape == (2,) and int(optimizer.step[...]) == 4
 
 
 @pytest.mark.parametrize("seed", [None, 5], ids=["fixed order", "shuffled"])
