@@ -179,24 +179,21 @@ def outdated(runtime: Runtime, declared: list[Requirement]) -> list[str]:
 def module_names(distribution: str) -> set[str]:
     """The top-level modules a pip distribution installs (``orbax-checkpoint``: ``orbax``),
     read from its installed metadata as ``importlib.metadata.packages_distributions`` does,
-    for this one distribution; its name with ``_`` for ``-`` when it is not installed."""
+    for this one distribution; its name with ``_`` for ``-`` when it is not installed or
+    its metadata lists no files."""
+    guess = {distribution.replace("-", "_")}
     try:
         dist = metadata.distribution(distribution)
     except metadata.PackageNotFoundError:
-        return {distribution.replace("-", "_")}
-    declared = (dist.read_text("top_level.txt") or "").split()
+        return guess
+    declared = set((dist.read_text("top_level.txt") or "").split())
     # RECORD lists the installed files; dist.files would also stat each one (slow)
-    paths = [
-        PurePosixPath(row[0])
-        for row in csv.reader((dist.read_text("RECORD") or "").splitlines())
-        if row
-    ]
-    inferred = {
-        path.parts[0] if len(path.parts) > 1 else inspect.getmodulename(path.name)
-        for path in paths
-        if path.parts[0] != ".." and not path.parts[0].endswith((".dist-info", ".data"))
-    }
-    return set(declared) or {name for name in inferred if name and name != "__pycache__"}
+    record = csv.reader((dist.read_text("RECORD") or "").splitlines())
+    paths = [PurePosixPath(row[0]) for row in record if row]
+    tops = {p.parts[0] if len(p.parts) > 1 else inspect.getmodulename(p.name) for p in paths}
+    # no "." in an importable name: leaves out ../bin, name.dist-info, numpy.libs
+    inferred = {name for name in tops if name and "." not in name and name != "__pycache__"}
+    return declared or inferred or guess
 
 
 def setup_colab(root: Path = Path("/")) -> None:

@@ -433,3 +433,19 @@ def test_module_names_come_from_the_installed_metadata() -> None:
     assert colab.module_names("matplotlib") == {"matplotlib", "mpl_toolkits", "pylab"}
     assert colab.module_names("tensorflow-datasets") == {"tensorflow_datasets"}
     assert colab.module_names("not-installed-x") == {"not_installed_x"}
+    # files outside site-packages (../../../bin/jupyter-lab) and dotted folders are no modules
+    assert colab.module_names("jupyterlab") == {"jupyterlab"}
+    assert colab.module_names("numpy") == {"numpy"}  # not numpy.libs, nor the .dist-info
+
+
+def test_module_names_of_a_distribution_that_lists_no_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No top_level.txt and no RECORD (some installers write none): the name is the guess."""
+
+    class Bare:
+        def read_text(self, name: str) -> None:
+            return None
+
+    monkeypatch.setattr(colab.metadata, "distribution", lambda name: Bare())
+    assert colab.module_names("some-package") == {"some_package"}
