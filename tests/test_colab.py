@@ -441,11 +441,22 @@ def test_module_names_come_from_the_installed_metadata() -> None:
 def test_module_names_of_a_distribution_that_lists_no_files(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No top_level.txt and no RECORD (some installers write none): the name is the guess."""
+    """No top_level.txt and no RECORD (some installers write none): the name is the guess;
+    with them, as importlib.metadata.packages_distributions reads them."""
 
     class Bare:
-        def read_text(self, name: str) -> None:
-            return None
+        def __init__(self, files: dict[str, str]) -> None:
+            self.files = files
 
-    monkeypatch.setattr(colab.metadata, "distribution", lambda name: Bare())
+        def read_text(self, name: str) -> str | None:
+            return self.files.get(name)
+
+    monkeypatch.setattr(colab.metadata, "distribution", lambda name: Bare({}))
     assert colab.module_names("some-package") == {"some_package"}
+    # top_level.txt, where there is one, says which modules: it wins over RECORD's folders
+    record = "bar/__init__.py,sha256=x,1\nbaz.py,,\nsome_package-1.0.dist-info/RECORD,,\n"
+    files = {"top_level.txt": "foo\n", "RECORD": record}
+    monkeypatch.setattr(colab.metadata, "distribution", lambda name: Bare(files))
+    assert colab.module_names("some-package") == {"foo"}
+    del files["top_level.txt"]
+    assert colab.module_names("some-package") == {"bar", "baz"}
