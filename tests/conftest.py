@@ -1,5 +1,5 @@
 """Shared fixtures: small fake CIFAR-10 copies and the real offline copy when present; and
-an importer for the scripts in benchmarks/."""
+an importer for the scripts in benchmarks/; quicker compilation for lessons.airbench."""
 
 from __future__ import annotations
 
@@ -96,3 +96,50 @@ def real_copy(shared_cache: Path, isolated_cache: Path, monkeypatch: pytest.Monk
         pytest.skip(f"offline CIFAR-10 copy not found at {path} (set CIFAR10_PATH)")
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(shared_cache))
     return path
+
+
+@pytest.fixture(scope="module")
+def quickly_compiled() -> Any:
+    """Compile less in the tests of ``lessons.airbench`` (notebook 06's cells): most of
+    their time is XLA:CPU compiling on the shared 2-core CPU. For a whole test module.
+
+    - JAX's default generator, threefry, compiles slowly and once per shape: 2-7 s for each
+      new parameter shape, 20 s to build the first network. These tests check arithmetic,
+      not the random stream, so they draw with the "rbg" generator, which compiles ten
+      times faster.
+    - The cells' jitted functions are jitted again, from the same Python functions with
+      the same static and donated arguments (read from jax's record of the decorator; left
+      as they are where a JAX version has no such record), with XLA's backend optimisation
+      off: the same computation, compiled in about 60% of the time (the runs are tiny).
+      Called inside another jitted function (train_step in train_epoch's scan), where
+      jax accepts no compiler options, they are the cells' own.
+
+    The notebook's own runs (nbval) and tests/test_distributed.py keep JAX's defaults.
+    """
+    import jax
+
+    from lessons import airbench as ab
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("train_step", "train_epoch", "epoch_batches", "tta_logits"):
+            jitted = getattr(ab, name)
+            info = getattr(jitted, "_jit_info", None)
+            if info is None:
+                continue
+            fast = jax.jit(
+                jitted.__wrapped__,
+                static_argnames=info.static_argnames,
+                donate_argnames=info.donate_argnames,
+                compiler_options={"xla_backend_optimization_level": 0},
+            )
+
+            def top_level_fast(*args: Any, __fast: Any = fast, __own: Any = jitted, **kw: Any):
+                leaves = jax.tree.leaves((args, kw))
+                nested = any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+                return (__own if nested else __fast)(*args, **kw)
+
+            patch.setattr(ab, name, top_level_fast)
+        before = jax.config.jax_default_prng_impl
+        jax.config.update("jax_default_prng_impl", "rbg")
+        yield
+        jax.config.update("jax_default_prng_impl", before)

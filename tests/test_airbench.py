@@ -47,46 +47,9 @@ def synthetic_cifar(train: int = TRAIN_IMAGES, test: int = TEST_IMAGES) -> CIFAR
     return CIFAR10(*learnable_images(train, 0), *learnable_images(test, 1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quickly_compiled() -> Any:
-    """Compile less: most of this file's time is XLA:CPU compiling (the shared 2-core CPU).
-
-    - JAX's default generator, threefry, compiles slowly and once per shape: 2-7 s for each
-      new parameter shape, 20 s to build the first network. These tests check arithmetic,
-      not the random stream, so they draw with the "rbg" generator, which compiles ten
-      times faster.
-    - The cells' jitted functions are jitted again, from the same Python functions with
-      the same static and donated arguments (read from jax's record of the decorator; left
-      as they are where a JAX version has no such record), with XLA's backend optimisation
-      off: the same computation, compiled in about 60% of the time (the runs are tiny).
-      Called inside another jitted function (train_step in train_epoch's scan), where
-      jax accepts no compiler options, they are the cells' own.
-
-    The notebook's own runs (nbval) and tests/test_distributed.py keep JAX's defaults.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("train_step", "train_epoch", "epoch_batches", "tta_logits"):
-            jitted = getattr(ab, name)
-            info = getattr(jitted, "_jit_info", None)
-            if info is None:
-                continue
-            fast = jax.jit(
-                jitted.__wrapped__,
-                static_argnames=info.static_argnames,
-                donate_argnames=info.donate_argnames,
-                compiler_options={"xla_backend_optimization_level": 0},
-            )
-
-            def top_level_fast(*args: Any, __fast: Any = fast, __own: Any = jitted, **kw: Any):
-                leaves = jax.tree.leaves((args, kw))
-                nested = any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
-                return (__own if nested else __fast)(*args, **kw)
-
-            patch.setattr(ab, name, top_level_fast)
-        before = jax.config.jax_default_prng_impl
-        jax.config.update("jax_default_prng_impl", "rbg")
-        yield
-        jax.config.update("jax_default_prng_impl", before)
+# compiled quickly (tests/conftest.py): rbg draws, the cells' functions without XLA's
+# backend optimisation; module-scoped, so the whole file shares the compiled programs
+pytestmark = pytest.mark.usefixtures("quickly_compiled")
 
 
 @pytest.fixture(scope="module")

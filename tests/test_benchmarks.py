@@ -167,32 +167,18 @@ def test_muon_step_matches_the_pytorch_reference(
 
 
 @pytest.mark.slow  # compiles airbench94_muon's training step: 10-35 s on the shared 2-core CPU
-def test_muon_check_hands_weights_and_buffers_to_the_cells(
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> None:
+@pytest.mark.usefixtures("quickly_compiled")  # rbg draws, train_step compiled quickly
+def test_muon_check_hands_weights_and_buffers_to_the_cells(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check's JAX side, without PyTorch: given the weights and momentum buffers of a
     run of the cells after two steps, jax_step takes the same third step as that run."""
     import dataclasses
 
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
     from lessons import airbench as ab
     from tests.conftest import learnable_images
 
-    # threefry compiles slowly on a CPU (see tests/test_airbench.py); the draws don't matter
-    before = jax.config.jax_default_prng_impl
-    jax.config.update("jax_default_prng_impl", "rbg")
-    request.addfinalizer(lambda: jax.config.update("jax_default_prng_impl", before))
-    jitted = ab.train_step  # compiled without XLA's backend optimisation: twice as quickly
-    fast = jax.jit(
-        jitted.__wrapped__,
-        static_argnames=("graphdef", "tx", "total_steps", "recipe"),
-        donate_argnames="state",
-        compiler_options={"xla_backend_optimization_level": 0},
-    )
-    monkeypatch.setattr(ab, "train_step", fast)
     check = load_script(MUON_CHECK)
     recipe = dataclasses.replace(ab.MUON_RECIPE, widths=(8, 16, 16), batch=8, dtype="float32")
     monkeypatch.setattr(ab, "MUON_RECIPE", recipe)  # the recipe jax_step builds
