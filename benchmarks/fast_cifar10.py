@@ -2,7 +2,7 @@
 
     python benchmarks/fast_cifar10.py --runs 5                           # airbench94 (a GPU)
     python benchmarks/fast_cifar10.py --recipe airbench94_muon --runs 5  # the Muon recipe
-    python benchmarks/fast_cifar10.py --recipe cpu --runs 3              # the notebook's CPU_RECIPE
+    python benchmarks/fast_cifar10.py --recipe cpu --runs 3 --no-warmup  # the notebook's CPU_RECIPE
     python benchmarks/fast_cifar10.py --quick                            # seconds: check it runs
 
 Every run calls ``lessons.airbench.train``, the function that trains the notebook's
