@@ -102,6 +102,7 @@ setup() {
     "$venv/bin/python" -m pip uninstall -q -y "jax-$installed_variant-plugin" "jax-$installed_variant-pjrt"
   fi
   echo "incomplete-$jax_variant" >"$stamp_file"  # an interrupted install is retried, same variant
+  rm -f "$venv/.tutorial-xla-option"  # a new JAX may not know set_xla_cpu_option's flag
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q "${pins[@]}" "$jax_spec" -e ".[dev]"
   echo "$stamp" >"$stamp_file"
@@ -113,6 +114,30 @@ quiet_jupyter_news() {  # no "get notified about Jupyter news?" pop-up at the fi
     mkdir -p "$settings"
     printf '%s\n' '{' '  "@jupyterlab/apputils-extension:notification": {' \
       '    "fetchNews": "false",' '    "checkForUpdates": false' '  }' '}' >"$settings/overrides.json"
+  fi
+}
+
+# XLA:CPU hands convolutions to its YNNPACK kernels by default. For the weight gradient of
+# notebook 05's first layer (3 input channels) they are about six times slower than XLA's
+# own kernels, and turning them off makes that notebook's training step about twice as
+# fast (benchmarks/README.md). The option is experimental and an XLA that does not know
+# a flag in XLA_FLAGS stops every JAX program, so it is set only where this .venv's JAX
+# accepts it (asked once per install) and XLA_FLAGS does not already choose it.
+XLA_CPU_OPTION=--xla_cpu_experimental_ynn_fusion_type=
+set_xla_cpu_option() {
+  if [[ "$jax_variant" != cpu || "${XLA_FLAGS:-}" == *xla_cpu_experimental_ynn_fusion_type* ]]; then
+    return
+  fi
+  local answer_file="$venv/.tutorial-xla-option" answer=no
+  if [[ ! -f "$answer_file" ]]; then
+    if XLA_FLAGS="$XLA_CPU_OPTION" "$venv/bin/python" -c 'import jax; jax.devices()' \
+      >/dev/null 2>&1; then
+      answer=yes
+    fi
+    echo "$answer" >"$answer_file"
+  fi
+  if [[ "$(cat "$answer_file")" == yes ]]; then
+    export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$XLA_CPU_OPTION"
   fi
 }
 
@@ -148,14 +173,15 @@ case "$command" in
   setup) setup ;;
   lab)
     setup
+    set_xla_cpu_option
     shift
     if [[ $EUID -eq 0 ]]; then set -- --allow-root "$@"; fi  # containers often run as root
     quiet_jupyter_news
     exec "$venv/bin/jupyter" lab "$@" notebooks/
     ;;
-  headless) setup; shift; exec "$venv/bin/python" -m helpers.run_series "$@" ;;
+  headless) setup; set_xla_cpu_option; shift; exec "$venv/bin/python" -m helpers.run_series "$@" ;;
   book) setup; exec "$venv/bin/python" book/build.py ;;
-  test | test-latest) setup; run_tests ;;
+  test | test-latest) setup; set_xla_cpu_option; run_tests ;;
   help | -h | --help) usage ;;
   *)
     echo "$script: unknown command '$command'" >&2

@@ -122,6 +122,8 @@ def benchmark(
         "dtype": recipe.dtype or ab.compute_dtype(),
         "train_images": int(data.train_labels.shape[0]),
         "data": helpers.data.source_name(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
         "date": datetime.date.today().isoformat(),
     }

@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_images": args.subset,
         "batch_size": BATCH_SIZE,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "data": helpers.data.source_name(),
         "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),

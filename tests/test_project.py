@@ -115,6 +115,7 @@ CLEAN_ENV = {
         "TUTORIAL_JAX",
         "TUTORIAL_VENV",
         "GLIBC_TUNABLES",
+        "XLA_FLAGS",
         "PYTHON",
         "CIFAR10_PATH",
         "PYENV_ROOT",
@@ -127,8 +128,15 @@ CLEAN_ENV = {
 }
 
 
-def fake_venv(tmp_path: Path, variant: str | None, python_ok: bool = True) -> Path:
-    """A .venv stand-in; ``variant`` None leaves it without the installed-stamp."""
+def fake_venv(
+    tmp_path: Path, variant: str | None, python_ok: bool = True, xla_option_ok: bool = True
+) -> Path:
+    """A .venv stand-in; ``variant`` None leaves it without the installed-stamp.
+
+    Its python answers the version check with ``python_ok``, and tutorial.sh's question
+    whether JAX accepts XLA_FLAGS with ``xla_option_ok``, noting each question's XLA_FLAGS
+    in the file ``probes`` (other calls go to ``log``).
+    """
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     log = tmp_path / "log"
@@ -136,11 +144,14 @@ def fake_venv(tmp_path: Path, variant: str | None, python_ok: bool = True) -> Pa
         stub = venv / "bin" / tool
         stub.write_text(
             "#!/usr/bin/env bash\n"
+            'if [[ "$1" == -c && "$2" == *"import jax"* ]]; then\n'
+            f'  echo "$XLA_FLAGS" >>"{tmp_path / "probes"}"; exit {0 if xla_option_ok else 1}\n'
+            "fi\n"
             f'if [[ "$1" == -c ]]; then exit {0 if python_ok else 1}; fi\n'
             'if [[ "$1" == -V ]]; then echo "Python 3.14.0"; exit; fi\n'
             f'echo "{tool} $* | GLIBC_TUNABLES=${{GLIBC_TUNABLES:-unset}}'
             f" CIFAR10_PATH=${{CIFAR10_PATH:-unset}} NNX_GRAPH_MODE=${{NNX_GRAPH_MODE:-unset}}"
-            f' TUTORIAL_SMOKE=${{TUTORIAL_SMOKE:-unset}}"'
+            f' TUTORIAL_SMOKE=${{TUTORIAL_SMOKE:-unset}} XLA_FLAGS=${{XLA_FLAGS:-unset}}"'
             f' >>"{log}"\n'
         )
         stub.chmod(0o755)
@@ -201,6 +212,56 @@ def test_tutorial_sh_keeps_the_installed_jax_variant(
     assert ("GLIBC_TUNABLES=glibc.malloc.arena_max=1" in line) == tunables
 
 
+def test_tutorial_sh_turns_off_ynnpack_for_the_cpu_build_once_jax_accepts_it(
+    tmp_path: Path,
+) -> None:
+    venv = fake_venv(tmp_path, "cpu")
+    for _ in range(2):
+        result = run_tutorial_sh("headless", TUTORIAL_VENV=str(venv), XLA_FLAGS="--xla_dump_to=d")
+        assert result.returncode == 0, result.stderr
+    # JAX was asked once, with the option alone; both runs got it after the reader's flags
+    assert (tmp_path / "probes").read_text().splitlines() == [XLA_OPTION]
+    assert [line.rpartition(" XLA_FLAGS=")[2] for line in logged(tmp_path)] == [
+        f"--xla_dump_to=d {XLA_OPTION}"
+    ] * 2
+
+
+def test_tutorial_sh_asks_jax_again_after_an_install(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, "cpu")
+    assert run_tutorial_sh("headless", TUTORIAL_VENV=str(venv)).returncode == 0
+    (venv / ".tutorial-installed").write_text("old-packages-cpu\n")  # the pins changed
+    assert run_tutorial_sh("headless", TUTORIAL_VENV=str(venv)).returncode == 0
+    assert len((tmp_path / "probes").read_text().splitlines()) == 2
+
+
+def test_tutorial_sh_leaves_xla_flags_alone_where_jax_rejects_the_option(
+    tmp_path: Path,
+) -> None:
+    venv = fake_venv(tmp_path, "cpu", xla_option_ok=False)
+    for _ in range(2):
+        assert run_tutorial_sh("headless", TUTORIAL_VENV=str(venv)).returncode == 0
+    assert len((tmp_path / "probes").read_text().splitlines()) == 1  # the answer is kept
+    assert all(line.endswith(" XLA_FLAGS=unset") for line in logged(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("variant", "flags", "expected"),
+    [
+        ("cuda12", None, "unset"),  # the option is for XLA:CPU; a GPU build is left as it is
+        ("cpu", "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT", None),
+    ],
+)
+def test_tutorial_sh_does_not_set_the_xla_option(
+    tmp_path: Path, variant: str, flags: str | None, expected: str | None
+) -> None:
+    venv = fake_venv(tmp_path, variant)
+    env = {"XLA_FLAGS": flags} if flags else {}
+    assert run_tutorial_sh("headless", TUTORIAL_VENV=str(venv), **env).returncode == 0
+    assert not (tmp_path / "probes").exists()
+    [line] = logged(tmp_path)
+    assert line.endswith(f" XLA_FLAGS={expected or flags}")
+
+
 def test_tutorial_sh_removes_the_cuda_plugin_when_switching_to_cpu(tmp_path: Path) -> None:
     venv = fake_venv(tmp_path, "cuda12")
     result = run_tutorial_sh("setup", TUTORIAL_VENV=str(venv), TUTORIAL_JAX="cpu")
@@ -223,6 +284,7 @@ FULL_NOTEBOOKS = " ".join(
 TUNED_GLIBC = (
     "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 )
+XLA_OPTION = "--xla_cpu_experimental_ynn_fusion_type="
 
 
 def test_tutorial_sh_test_latest_upgrades_everything_and_flips_flax_defaults(
@@ -244,8 +306,8 @@ def test_tutorial_sh_test_latest_upgrades_everything_and_flips_flax_defaults(
         "python -m pytest --nbval --nbval-current-env -p no:cacheprovider"
         " -W error::DeprecationWarning -W error::FutureWarning notebooks/06_fast_cifar10.ipynb",
     ]
-    assert lines[-2].endswith("NNX_GRAPH_MODE=false TUTORIAL_SMOKE=unset")
-    assert lines[-1].endswith("NNX_GRAPH_MODE=false TUTORIAL_SMOKE=1")
+    assert lines[-2].endswith(f"NNX_GRAPH_MODE=false TUTORIAL_SMOKE=unset XLA_FLAGS={XLA_OPTION}")
+    assert lines[-1].endswith(f"NNX_GRAPH_MODE=false TUTORIAL_SMOKE=1 XLA_FLAGS={XLA_OPTION}")
     # The pinned test runs neither the flipped defaults nor the strict warnings.
     (tmp_path / "log").unlink()
     assert run_tutorial_sh("test", TUTORIAL_VENV=str(venv)).returncode == 0
@@ -255,12 +317,14 @@ def test_tutorial_sh_test_latest_upgrades_everything_and_flips_flax_defaults(
         FULL_NOTEBOOKS
         + " | GLIBC_TUNABLES="
         + TUNED_GLIBC
-        + " CIFAR10_PATH=unset NNX_GRAPH_MODE=unset TUTORIAL_SMOKE=unset"
+        + " CIFAR10_PATH=unset NNX_GRAPH_MODE=unset TUTORIAL_SMOKE=unset XLA_FLAGS="
+        + XLA_OPTION
     )
     assert small.endswith(
         "06_fast_cifar10.ipynb | GLIBC_TUNABLES="
         + TUNED_GLIBC
-        + " CIFAR10_PATH=unset NNX_GRAPH_MODE=unset TUTORIAL_SMOKE=1"
+        + " CIFAR10_PATH=unset NNX_GRAPH_MODE=unset TUTORIAL_SMOKE=1 XLA_FLAGS="
+        + XLA_OPTION
     )
 
 
