@@ -752,10 +752,15 @@ def test_notebook_prints_only_the_lines_of_its_own_code(
         "data": "cifar10-jpeg.tar.gz",
     }  # an old port's line
     new = old | {"code": "lessons.airbench", "acc_mean": 0.9071, "runs": 5, "cpu_count": 16,
-                 "seconds_min": 1.88, "seconds_max": 1.95, "warmup_seconds": 31.0}  # fmt: skip
-    results.write_text(json.dumps(old) + "\n" + json.dumps(new) + "\n")
+                 "seconds_min": 1.88, "seconds_max": 1.95, "warmup_seconds": 31.0,
+                 "date": "2026-12-01"}  # fmt: skip
+    muon = new | {"recipe": "airbench94_muon", "acc_mean": 0.9066}
+    newer = new | {"acc_mean": 0.9080, "date": "2026-12-07"}  # the same recipe and machine
+    results.write_text("".join(json.dumps(line) + "\n" for line in (old, new, muon, newer)))
     exec(cells[0], {})
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 1, printed  # the cells' line only
+    assert len(printed) == 2, printed  # the cells' lines only, the newest of each recipe
     assert printed[0].startswith("NVIDIA H200, AIRBENCH94: ")  # the recipe's name in the cells
-    assert "90.71%" in printed[0] and "90.62%" not in printed[0] and "5 seeds" in printed[0]
+    assert "90.80%" in printed[0] and "5 seeds" in printed[0] and "2026-12-07" in printed[0]
+    assert printed[1].startswith("NVIDIA H200, MUON_RECIPE: 90.66%")
+    assert "90.62%" not in "".join(printed) and "90.71%" not in "".join(printed)
