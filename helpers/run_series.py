@@ -73,7 +73,9 @@ def execute(path: Path, timeout_s: int) -> tuple[nbformat.NotebookNode, float]:
         )
         start = time.perf_counter()
         try:
-            client.execute()
+            # A client handed its kernel's manager leaves the kernel running unless told
+            # to shut it down: each notebook's kernel (and its memory) would outlive its run.
+            client.execute(cleanup_kc=True)
         except RUN_FAILURES as error:
             strip_metadata(notebook)
             raise NotebookRunError(notebook, error) from error

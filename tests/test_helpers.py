@@ -492,12 +492,14 @@ class FakeClient:
 
     error: Exception | None = None
     made: ClassVar[list[dict[str, object]]] = []
+    executed: ClassVar[list[dict[str, object]]] = []
 
     def __init__(self, notebook: nbformat.NotebookNode, **kwargs: object) -> None:
         self.notebook = notebook
         FakeClient.made.append(kwargs)
 
-    def execute(self) -> None:
+    def execute(self, **kwargs: object) -> None:
+        FakeClient.executed.append(kwargs)
         self.notebook.metadata["widgets"] = {"state": 1}
         for cell in self.notebook.cells:
             cell.metadata["execution"] = {"iopub.status.busy": "2026"}
@@ -509,6 +511,7 @@ class FakeClient:
 def fake_client(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
     monkeypatch.setattr(run_series, "NotebookClient", FakeClient)
     monkeypatch.setattr(FakeClient, "made", [])
+    monkeypatch.setattr(FakeClient, "executed", [])
     monkeypatch.setattr(FakeClient, "error", None)
     return FakeClient
 
@@ -529,6 +532,7 @@ def test_execute_runs_the_kernel_in_the_notebooks_folder_and_times_it(
         "resources": {"metadata": {"path": str(tmp_path)}},
     }
     assert (manager.kernel_name, manager.transport) == ("python3", "ipc")
+    assert fake_client.executed == [{"cleanup_kc": True}]  # the kernel is shut down after
     assert not Path(manager.ip).parent.exists()  # the sockets' folder is removed afterwards
     assert "widgets" not in notebook.metadata and "execution" not in notebook.cells[0].metadata
 
@@ -551,10 +555,15 @@ def test_execute_runs_a_real_kernel_in_the_notebooks_folder(
     tagged = nbformat.v4.new_code_cell("print('accuracy', 0.5)")
     tagged.metadata["tags"] = ["key-result"]
     path = write_notebook(
-        tmp_path / "nb.ipynb", nbformat.v4.new_code_cell("import os\nprint(os.getcwd())"), tagged
+        tmp_path / "nb.ipynb",
+        nbformat.v4.new_code_cell("import os\nprint(os.getcwd())\nprint(os.getpid())"),
+        tagged,
     )
     notebook, seconds = run_series.execute(path, timeout_s=60)
-    assert notebook.cells[0].outputs[0]["text"] == f"{tmp_path}\n"
+    folder, kernel_pid = notebook.cells[0].outputs[0]["text"].split()
+    assert folder == str(tmp_path)
+    with pytest.raises(ProcessLookupError):  # the kernel has exited; it does not linger
+        os.kill(int(kernel_pid), 0)
     assert run_series.key_result(notebook) == "accuracy 0.5"
     assert seconds > 0 and "execution" not in notebook.cells[1].metadata
     assert "without encryption" not in capfd.readouterr().err  # IPC, not TCP
