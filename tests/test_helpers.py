@@ -560,7 +560,7 @@ def test_execute_runs_a_real_kernel_in_the_notebooks_folder(
         tagged,
     )
     notebook, seconds = run_series.execute(path, timeout_s=60)
-    folder, kernel_pid = notebook.cells[0].outputs[0]["text"].split()
+    folder, kernel_pid = notebook.cells[0].outputs[0]["text"].splitlines()
     assert folder == str(tmp_path)
     with pytest.raises(ProcessLookupError):  # the kernel has exited; it does not linger
         os.kill(int(kernel_pid), 0)
